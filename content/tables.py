@@ -1,0 +1,191 @@
+"""Content tables: ebooks, landing pages, nurture chains and the send ledger."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from piccolo.columns import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Integer,
+    OnDelete,
+    Text,
+    Timestamptz,
+    Varchar,
+)
+from piccolo.columns.defaults.timestamptz import TimestamptzNow
+from piccolo.columns.readable import Readable
+from piccolo.table import Table
+
+from landing.tables import Lead, Topic
+
+
+class Ebook(Table):
+    """A lead magnet: authored in Markdown/HTML and rendered to PDF, or an uploaded PDF."""
+
+    title = Varchar(length=200)
+    slug = Varchar(length=120, unique=True, index=True)
+    topic = ForeignKey(references=Topic, on_delete=OnDelete.restrict, index=True)
+    body_markdown = Text(default="")
+    uploaded_pdf = Varchar(length=500, null=True, default=None)
+    content_hash = Varchar(length=64, null=True, default=None)
+    rendered_path = Varchar(length=500, null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow(), auto_update=TimestamptzNow().python)
+
+    @classmethod
+    def get_readable(cls):
+        return Readable(template="%s", columns=[cls.title])
+
+
+class LandingPage(Table):
+    """A public page under /l/<slug> that gates an ebook behind an email form."""
+
+    slug = Varchar(length=120, unique=True, index=True)
+    title = Varchar(length=200)
+    headline = Varchar(length=300, default="")
+    body_markdown = Text(default="")
+    bullets = Text(default="", help_text="One bullet point a line.")
+    ebook = ForeignKey(references=Ebook, on_delete=OnDelete.restrict, index=True)
+    form_fields = Varchar(length=200, default="first_name", help_text="Fields asked besides email, comma-separated: first_name, company, role.")
+    consent_text = Text(default="I agree to receive this ebook and related emails. I can unsubscribe at any time.")
+    consent_version = Varchar(length=40, default="v1")
+    double_opt_in = Boolean(default=False)
+    published = Boolean(default=True, index=True)
+    created_at = Timestamptz(default=TimestamptzNow())
+
+    @classmethod
+    def get_readable(cls):
+        return Readable(template="/l/%s", columns=[cls.slug])
+
+
+class ChainStatus(str, Enum):
+    draft = "draft"
+    active = "active"
+    paused = "paused"
+
+
+class Chain(Table):
+    """A topic's nurture chain: ordered steps ending in a hot or a cold offer."""
+
+    name = Varchar(length=200)
+    topic = ForeignKey(references=Topic, on_delete=OnDelete.restrict, index=True)
+    status = Varchar(length=20, choices=ChainStatus, default=ChainStatus.draft, index=True)
+    starts_at = Timestamptz(null=True, default=None)
+    hot_threshold = Integer(default=60)
+    sender_name = Varchar(length=120, default="")
+    sender_email = Varchar(length=254, default="")
+    timezone = Varchar(length=64, default="UTC")
+    send_window_start = Integer(default=0, help_text="First hour (0-23) letters may leave, in the lead's time zone.")
+    send_window_end = Integer(default=24, help_text="Hour (1-24) after which letters wait for the next day.")
+    send_weekdays = Varchar(length=20, default="0123456", help_text="Weekdays letters may leave: 0=Monday … 6=Sunday.")
+    holdout_percent = Integer(default=0, help_text="Share of enrolled leads kept as a control group that gets no letters.")
+    created_at = Timestamptz(default=TimestamptzNow())
+
+    @classmethod
+    def get_readable(cls):
+        return Readable(template="%s", columns=[cls.name])
+
+
+class StepKind(str, Enum):
+    letter = "letter"
+    offer = "offer"
+
+
+class Step(Table):
+    """One letter of a chain; an `offer` step sends the chain's hot or cold offer."""
+
+    chain = ForeignKey(references=Chain, on_delete=OnDelete.cascade, index=True)
+    position = Integer()
+    kind = Varchar(length=10, choices=StepKind, default=StepKind.letter)
+    delay_minutes = Integer(default=0, help_text="Wait after the previous letter (or after enrollment for the first).")
+    subject = Varchar(length=300, default="")
+    body_markdown = Text(default="")
+
+    @classmethod
+    def get_readable(cls):
+        return Readable(template="#%s %s", columns=[cls.position, cls.subject])
+
+
+class OfferKind(str, Enum):
+    hot = "hot"
+    cold = "cold"
+
+
+class Offer(Table):
+    """The final letter's two versions: hot (over the threshold) or cold."""
+
+    chain = ForeignKey(references=Chain, on_delete=OnDelete.cascade, index=True)
+    kind = Varchar(length=10, choices=OfferKind)
+    subject = Varchar(length=300)
+    body_markdown = Text(default="")
+    call_to_action_url = Varchar(length=500, default="")
+
+
+class EnrollmentGroup(str, Enum):
+    treatment = "treatment"
+    control = "control"
+
+
+class EnrollmentStatus(str, Enum):
+    active = "active"
+    completed = "completed"
+    exited = "exited"
+
+
+class Enrollment(Table):
+    """A lead in a chain: its group, the next step and when it is due."""
+
+    lead = ForeignKey(references=Lead, on_delete=OnDelete.cascade)
+    chain = ForeignKey(references=Chain, on_delete=OnDelete.cascade, index=True)
+    group = Varchar(length=12, choices=EnrollmentGroup, default=EnrollmentGroup.treatment)
+    variant = Varchar(length=8, default="A")
+    status = Varchar(length=12, choices=EnrollmentStatus, default=EnrollmentStatus.active, index=True)
+    next_position = Integer(default=1)
+    due_at = Timestamptz(null=True, default=None, index=True)
+    exit_reason = Varchar(length=40, default="")
+    enrolled_at = Timestamptz(default=TimestamptzNow())
+
+
+class DeliveryStatus(str, Enum):
+    sending = "sending"
+    sent = "sent"
+    failed = "failed"
+    bounced = "bounced"
+    suppressed = "suppressed"
+    unknown = "unknown"
+
+
+class Delivery(Table):
+    """The send ledger: one row per enrollment and step, reserved before SMTP is spoken."""
+
+    enrollment = ForeignKey(references=Enrollment, on_delete=OnDelete.cascade)
+    step = ForeignKey(references=Step, on_delete=OnDelete.cascade, index=True)
+    status = Varchar(length=12, choices=DeliveryStatus, default=DeliveryStatus.sending, index=True)
+    offer_kind = Varchar(length=10, default="")
+    to_address = Varchar(length=254, default="")
+    subject = Varchar(length=300, default="")
+    message_id = Varchar(length=255, default="")
+    smtp_reply = Varchar(length=500, default="")
+    attempts = Integer(default=0)
+    reserved_at = Timestamptz(default=TimestamptzNow())
+    sent_at = Timestamptz(null=True, default=None)
+    opened_at = Timestamptz(null=True, default=None)
+    clicked_at = Timestamptz(null=True, default=None)
+
+
+class SuppressionReason(str, Enum):
+    unsubscribe = "unsubscribe"
+    bounce = "bounce"
+    complaint = "complaint"
+    erased = "erased"
+
+
+class Suppression(Table):
+    """An address that must not be mailed, kept by hash so erased leads stay suppressed."""
+
+    email_hash = Varchar(length=64, unique=True, index=True)
+    reason = Varchar(length=20, choices=SuppressionReason)
+    detail = Varchar(length=500, default="")
+    created_at = Timestamptz(default=TimestamptzNow())

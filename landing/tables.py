@@ -1,0 +1,109 @@
+"""Landing tables: topics, visitors, leads, their events, consents and conversions."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from piccolo.apps.user.tables import BaseUser
+from piccolo.columns import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Integer,
+    OnDelete,
+    Real,
+    Text,
+    Timestamptz,
+    Varchar,
+)
+from piccolo.columns.defaults.timestamptz import TimestamptzNow
+from piccolo.columns.readable import Readable
+from piccolo.table import Table
+
+
+class Topic(Table):
+    """A subject of interest: ebooks, chains and scores are per topic."""
+
+    name = Varchar(length=100, unique=True)
+    slug = Varchar(length=100, unique=True, index=True)
+    description = Text(default="")
+    created_at = Timestamptz(default=TimestamptzNow())
+
+    @classmethod
+    def get_readable(cls):
+        return Readable(template="%s", columns=[cls.name])
+
+
+class LeadStage(str, Enum):
+    new = "new"
+    contacted = "contacted"
+    qualified = "qualified"
+    won = "won"
+    lost = "lost"
+
+
+class Lead(Table):
+    """A person identified by a normalised email (or a historical CRM row with none)."""
+
+    email = Varchar(length=254, null=True, default=None, unique=True, index=True)
+    first_name = Varchar(length=100, default="")
+    last_name = Varchar(length=100, default="")
+    company = Varchar(length=200, default="")
+    role = Varchar(length=100, default="")
+    timezone = Varchar(length=64, default="")
+    source = Varchar(length=100, default="", index=True)
+    first_touch = JSON(default={})
+    last_touch = JSON(default={})
+    attributes = JSON(default={}, help_text="Typed attributes imported from a CRM export.")
+    stage = Varchar(length=20, choices=LeadStage, default=LeadStage.new, index=True)
+    owner = ForeignKey(references=BaseUser, null=True, default=None, on_delete=OnDelete.set_null)
+    historical = Boolean(default=False, help_text="Imported for training only; never mailed.")
+    confirmed = Boolean(default=False)
+    created_at = Timestamptz(default=TimestamptzNow(), index=True)
+    updated_at = Timestamptz(default=TimestamptzNow(), auto_update=TimestamptzNow().python)
+
+    @classmethod
+    def get_readable(cls):
+        return Readable(template="%s", columns=[cls.email])
+
+
+class Visitor(Table):
+    """An anonymous browser, known by its first-party cookie; joined to a lead on capture."""
+
+    cookie_id = Varchar(length=64, unique=True, index=True)
+    lead = ForeignKey(references=Lead, null=True, default=None, on_delete=OnDelete.set_null, index=True)
+    user_agent = Varchar(length=500, default="")
+    first_seen_at = Timestamptz(default=TimestamptzNow())
+    last_seen_at = Timestamptz(default=TimestamptzNow())
+
+
+class Event(Table):
+    """An append-only fact about a visitor or a lead: what scoring learns from."""
+
+    type = Varchar(length=40, index=True)
+    visitor = ForeignKey(references=Visitor, null=True, default=None, on_delete=OnDelete.set_null, index=True)
+    lead = ForeignKey(references=Lead, null=True, default=None, on_delete=OnDelete.cascade, index=True)
+    topic = ForeignKey(references=Topic, null=True, default=None, on_delete=OnDelete.set_null)
+    properties = JSON(default={})
+    occurred_at = Timestamptz(default=TimestamptzNow(), index=True)
+
+
+class Consent(Table):
+    """Proof of consent: the exact text version shown, when, from where, on which page."""
+
+    lead = ForeignKey(references=Lead, on_delete=OnDelete.cascade, index=True)
+    page_url = Varchar(length=500, default="")
+    text = Text()
+    version = Varchar(length=40)
+    ip = Varchar(length=45, default="")
+    user_agent = Varchar(length=500, default="")
+    given_at = Timestamptz(default=TimestamptzNow())
+
+
+class Conversion(Table):
+    """A target action (an order, a booked call) that chains and experiments are judged by."""
+
+    lead = ForeignKey(references=Lead, on_delete=OnDelete.cascade, index=True)
+    kind = Varchar(length=60, default="order")
+    value = Real(default=0.0)
+    occurred_at = Timestamptz(default=TimestamptzNow(), index=True)

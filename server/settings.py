@@ -1,0 +1,239 @@
+"""Settings: one dataclass read from the environment (and a `.env` file), cached."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message names the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """Where the tables live, parsed from DATABASE_URL."""
+
+    engine: str
+    """`sqlite` or `postgres`."""
+    path: Path | None = None
+    """The SQLite file (sqlite only)."""
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "postgres"
+    password: str | None = None
+    database: str = "leadkiln"
+
+    def postgres_config(self) -> dict[str, object]:
+        """Keyword arguments for asyncpg / Piccolo's PostgresEngine."""
+        config: dict[str, object] = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "database": self.database,
+        }
+        if self.password:
+            config["password"] = self.password
+        return config
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """The relay letters go through, parsed from SMTP_URL."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    use_tls: bool = False
+    """Implicit TLS (`smtps://`)."""
+    start_tls: bool = False
+    """STARTTLS after connecting (`smtp://...?starttls=1`)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything leadkiln reads from its environment."""
+
+    data_dir: Path
+    """DATA_DIR: the SQLite file, generated secret key, models, rendered ebooks, caught mail."""
+    database_url: str
+    """DATABASE_URL: `sqlite:///relative.db`, `sqlite:////abs.db` or `postgres://user@host:port/db`."""
+    database: DatabaseConfig
+    """DATABASE_URL, parsed."""
+    redis_url: str | None
+    """REDIS_URL: unset means an embedded Redis that leadkiln starts and stops."""
+    smtp_url: str | None
+    """SMTP_URL: unset means the built-in mail catcher (demo) on `catcher_port`."""
+    smtp: SmtpConfig | None
+    """SMTP_URL, parsed."""
+    secret_key: str
+    """SECRET_KEY: signs links and sessions; unset means one generated into DATA_DIR."""
+    public_url: str
+    """PUBLIC_URL: the address visitors and letters use to reach this server."""
+    mail_from: str = "leadkiln <hello@leadkiln.localhost>"
+    """MAIL_FROM: default sender for letters when a chain names none."""
+    db_pool_size: int = 10
+    """DB_POOL_SIZE: PostgreSQL connections per process."""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def mail_domain(self) -> str:
+        """Domain used in Message-IDs: the public host."""
+        return urlsplit(self.public_url).hostname or "leadkiln.localhost"
+
+
+def _parse_database_url(url: str, data_dir: Path) -> DatabaseConfig:
+    """Parse DATABASE_URL into a DatabaseConfig or raise ConfigError."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError("DATABASE_URL", f"cannot parse {url!r} ({exc})") from None
+    if parts.scheme == "sqlite":
+        # sqlite:///relative.db -> path "/relative.db"; sqlite:////abs.db -> "//abs.db"
+        raw = url[len("sqlite://") :]
+        if parts.netloc or not raw.startswith("/") or raw == "/":
+            raise ConfigError(
+                "DATABASE_URL",
+                f"{url!r} is not sqlite:///relative.db or sqlite:////absolute/path.db",
+            )
+        path = Path(raw[1:])
+        if not path.is_absolute():
+            path = Path.cwd() / path
+        return DatabaseConfig(engine="sqlite", path=path)
+    if parts.scheme in ("postgres", "postgresql"):
+        try:
+            port = parts.port or 5432
+        except ValueError:
+            raise ConfigError("DATABASE_URL", f"{url!r} has an invalid port") from None
+        database = parts.path.lstrip("/")
+        if not database or "/" in database:
+            raise ConfigError("DATABASE_URL", f"{url!r} names no database (postgres://user@host:port/db)")
+        return DatabaseConfig(
+            engine="postgres",
+            host=parts.hostname or "127.0.0.1",
+            port=port,
+            user=unquote(parts.username) if parts.username else "postgres",
+            password=unquote(parts.password) if parts.password else None,
+            database=database,
+        )
+    raise ConfigError(
+        "DATABASE_URL", f"unsupported scheme {parts.scheme or '(none)'!r}: use sqlite:/// or postgres://"
+    )
+
+
+def _check_redis_url(url: str) -> str:
+    """Check REDIS_URL's shape (scheme, port, db) or raise ConfigError."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError("REDIS_URL", f"cannot parse {url!r}") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError("REDIS_URL", f"unsupported scheme {parts.scheme or '(none)'!r}: use redis://host:port/db")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigError("REDIS_URL", f"{url!r} names no socket path")
+        return url
+    if not parts.hostname:
+        raise ConfigError("REDIS_URL", f"{url!r} names no host")
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ConfigError("REDIS_URL", f"{url!r}: the database must be a number")
+    del port
+    return url
+
+
+def _parse_smtp_url(url: str) -> SmtpConfig:
+    """Parse SMTP_URL (`smtp://user:pass@host:port`, `smtps://…`) or raise ConfigError."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError("SMTP_URL", f"cannot parse {url!r}") from None
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ConfigError("SMTP_URL", f"unsupported scheme {parts.scheme or '(none)'!r}: use smtp:// or smtps://")
+    if not parts.hostname:
+        raise ConfigError("SMTP_URL", f"{url!r} names no host")
+    implicit = parts.scheme == "smtps"
+    return SmtpConfig(
+        host=parts.hostname,
+        port=port or (465 if implicit else 25),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        use_tls=implicit,
+        start_tls="starttls=1" in parts.query or "starttls=true" in parts.query,
+    )
+
+
+def _secret_key(data_dir: Path) -> str:
+    """Read SECRET_KEY, or the key generated into DATA_DIR on first use."""
+    key = os.environ.get("SECRET_KEY", "").strip()
+    if key:
+        if len(key) < 16:
+            raise ConfigError("SECRET_KEY", "must be at least 16 characters")
+        return key
+    key_file = data_dir / "secret_key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    # O_EXCL: two processes starting at once agree on the first key written.
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return key_file.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key
+
+
+def load_dotenv_file() -> None:
+    """Load `.env` from the working directory without overriding real variables."""
+    from dotenv import load_dotenv
+
+    load_dotenv(Path.cwd() / ".env", override=False)
+
+
+def read_settings() -> Settings:
+    """Build Settings from the environment, raising ConfigError on a bad value."""
+    data_dir = Path(os.environ.get("DATA_DIR") or Path.cwd() / "leadkiln-data").expanduser().resolve()
+    database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{data_dir / 'leadkiln.db'}"
+    database = _parse_database_url(database_url, data_dir)
+    redis_url = os.environ.get("REDIS_URL") or None
+    if redis_url:
+        _check_redis_url(redis_url)
+    smtp_url = os.environ.get("SMTP_URL") or None
+    smtp = _parse_smtp_url(smtp_url) if smtp_url else None
+    public_url = (os.environ.get("PUBLIC_URL") or "http://127.0.0.1:8000").rstrip("/")
+    if urlsplit(public_url).scheme not in ("http", "https"):
+        raise ConfigError("PUBLIC_URL", f"{public_url!r} must start with http:// or https://")
+    pool = os.environ.get("DB_POOL_SIZE", "10")
+    if not pool.isdigit() or int(pool) < 1:
+        raise ConfigError("DB_POOL_SIZE", f"{pool!r} is not a positive whole number")
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        database=database,
+        redis_url=redis_url,
+        smtp_url=smtp_url,
+        smtp=smtp,
+        secret_key=_secret_key(data_dir),
+        public_url=public_url,
+        mail_from=os.environ.get("MAIL_FROM") or "leadkiln <hello@leadkiln.localhost>",
+        db_pool_size=int(pool),
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return read_settings()
