@@ -1,4 +1,4 @@
-"""Piccolo app for the server tables."""
+"""Piccolo app for the server's own tables (the mail catcher's inbox)."""
 
 import os
 

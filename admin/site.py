@@ -1,0 +1,55 @@
+"""The piccolo-admin site, built once at import: every table, grouped for sales and content."""
+
+from __future__ import annotations
+
+from piccolo.apps.user.tables import BaseUser
+from piccolo_admin.endpoints import TableConfig, create_admin
+from piccolo_api.crud.endpoints import OrderBy
+from piccolo_api.session_auth.tables import SessionsBase
+
+from content.tables import Chain, Delivery, Ebook, Enrollment, LandingPage, Offer, Step, Suppression
+from landing.tables import Consent, Conversion, Event, Lead, Topic, Visitor
+from scoring.tables import Score, ScoreHistory, ScoringModel, ScoringRule
+from server.settings import get_settings
+from server.tables import CaughtMail
+
+TABLES = [
+    TableConfig(Lead, menu_group="Sales", visible_columns=[Lead.id, Lead.email, Lead.first_name, Lead.company, Lead.stage, Lead.source, Lead.created_at],
+                visible_filters=[Lead.email, Lead.stage, Lead.source, Lead.owner],
+                order_by=[OrderBy(Lead.created_at, ascending=False)]),
+    TableConfig(Score, menu_group="Sales", visible_columns=[Score.lead, Score.topic, Score.combined, Score.hot, Score.model_version, Score.computed_at],
+                visible_filters=[Score.topic, Score.hot]),
+    TableConfig(Event, menu_group="Sales", visible_columns=[Event.id, Event.type, Event.lead, Event.topic, Event.occurred_at],
+                visible_filters=[Event.type, Event.lead, Event.topic], order_by=[OrderBy(Event.occurred_at, ascending=False)]),
+    TableConfig(Conversion, menu_group="Sales"),
+    TableConfig(Consent, menu_group="Sales", visible_columns=[Consent.lead, Consent.version, Consent.page_url, Consent.given_at]),
+    TableConfig(Visitor, menu_group="Sales", visible_columns=[Visitor.id, Visitor.lead, Visitor.first_seen_at, Visitor.last_seen_at]),
+    TableConfig(Topic, menu_group="Content"),
+    TableConfig(Ebook, menu_group="Content", visible_columns=[Ebook.id, Ebook.title, Ebook.topic, Ebook.updated_at]),
+    TableConfig(LandingPage, menu_group="Content", visible_columns=[LandingPage.id, LandingPage.slug, LandingPage.title, LandingPage.ebook, LandingPage.published]),
+    TableConfig(Chain, menu_group="Content", visible_columns=[Chain.id, Chain.name, Chain.topic, Chain.status, Chain.hot_threshold, Chain.starts_at]),
+    TableConfig(Step, menu_group="Content", visible_columns=[Step.chain, Step.position, Step.kind, Step.delay_minutes, Step.subject], visible_filters=[Step.chain]),
+    TableConfig(Offer, menu_group="Content", visible_columns=[Offer.chain, Offer.kind, Offer.subject]),
+    TableConfig(Enrollment, menu_group="Mail", visible_columns=[Enrollment.id, Enrollment.lead, Enrollment.chain, Enrollment.group, Enrollment.status, Enrollment.next_position, Enrollment.due_at],
+                visible_filters=[Enrollment.chain, Enrollment.status, Enrollment.group]),
+    TableConfig(Delivery, menu_group="Mail", visible_columns=[Delivery.id, Delivery.enrollment, Delivery.step, Delivery.status, Delivery.to_address, Delivery.subject, Delivery.sent_at],
+                visible_filters=[Delivery.status, Delivery.to_address], order_by=[OrderBy(Delivery.id, ascending=False)]),
+    TableConfig(Suppression, menu_group="Mail"),
+    TableConfig(CaughtMail, menu_group="Mail", visible_columns=[CaughtMail.id, CaughtMail.recipients, CaughtMail.subject, CaughtMail.received_at],
+                visible_filters=[CaughtMail.recipients, CaughtMail.subject], order_by=[OrderBy(CaughtMail.received_at, ascending=False)]),
+    TableConfig(ScoringRule, menu_group="Scoring"),
+    TableConfig(ScoringModel, menu_group="Scoring"),
+    TableConfig(ScoreHistory, menu_group="Scoring"),
+    TableConfig(BaseUser, menu_group="System"),
+]
+
+
+ADMIN_APP = create_admin(
+    tables=TABLES,
+    auth_table=BaseUser,
+    session_table=SessionsBase,
+    site_name="leadkiln",
+    production=get_settings().public_url.startswith("https://"),
+    sidebar_links={"Landing pages": "/"},
+)
+"""The admin ASGI app: login required for everything under /admin/."""

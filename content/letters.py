@@ -1,0 +1,81 @@
+"""Letter rendering: staff-written Markdown + Jinja2 in a sandbox, to a text and an HTML part."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markdown_it import MarkdownIt
+
+# Raw HTML in staff Markdown is off: letters are built from Markdown only, and
+# lead-supplied values are inserted after the Markdown step, HTML-escaped.
+_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+
+_TEMPLATE_TAG = re.compile(r"(\{\{.*?\}\}|\{%.*?%\})", re.S)
+
+_text_env = ImmutableSandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+_html_env = ImmutableSandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
+
+
+class LetterTemplateError(ValueError):
+    """A subject or body that does not render; the message says where."""
+
+
+@dataclass(frozen=True)
+class RenderedLetter:
+    """A letter ready for MIME assembly."""
+
+    subject: str
+    text: str
+    html: str
+
+
+def _protect_tags(source: str) -> tuple[str, list[str]]:
+    """Swap template tags for inert placeholders so Markdown leaves them whole."""
+    tags: list[str] = []
+
+    def keep(match: re.Match[str]) -> str:
+        tags.append(match.group(0))
+        return f"LKTAG{len(tags) - 1}X"
+
+    return _TEMPLATE_TAG.sub(keep, source), tags
+
+
+def markdown_to_html(text: str) -> str:
+    """Staff Markdown to HTML with raw HTML off (markdown-it also refuses javascript: links)."""
+    return _markdown.render(text)
+
+
+def markdown_to_html_template(body_markdown: str) -> str:
+    """Convert a Markdown letter body to an HTML Jinja2 template, keeping its tags."""
+    protected, tags = _protect_tags(body_markdown)
+    html = _markdown.render(protected)
+    for index, tag in enumerate(tags):
+        html = html.replace(f"LKTAG{index}X", tag)
+    return html
+
+
+def _render(env: ImmutableSandboxedEnvironment, source: str, context: dict[str, Any], where: str) -> str:
+    try:
+        return env.from_string(source).render(**context)
+    except TemplateError as exc:
+        line = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
+        raise LetterTemplateError(f"{where}{line}: {exc.message or exc}") from None
+
+
+def render_letter(subject: str, body_markdown: str, context: dict[str, Any], where: str = "letter") -> RenderedLetter:
+    """Render subject and body for one lead; raises LetterTemplateError naming `where`."""
+    rendered_subject = _render(_text_env, subject, context, f"{where} subject")
+    # A header must be one line: values with CR/LF cannot inject headers.
+    rendered_subject = " ".join(rendered_subject.split())
+    text = _render(_text_env, body_markdown, context, f"{where} body")
+    html_body = _render(_html_env, markdown_to_html_template(body_markdown), context, f"{where} body")
+    return RenderedLetter(subject=rendered_subject, text=text.strip() + "\n", html=html_body)
+
+
+def check_template(subject: str, body_markdown: str, where: str, sample_context: dict[str, Any]) -> None:
+    """Raise LetterTemplateError if the letter cannot render for a sample lead."""
+    render_letter(subject, body_markdown, sample_context, where)

@@ -1,0 +1,32 @@
+"""Signed, expiring tokens for links in letters and pages (unsubscribe, downloads, tracking)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from server.settings import get_settings
+
+
+class TokenError(ValueError):
+    """A token that was tampered with, is for another purpose, or has expired."""
+
+
+def _serializer(purpose: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(get_settings().secret_key, salt=f"leadkiln:{purpose}")
+
+
+def sign(purpose: str, payload: Any) -> str:
+    """A URL-safe token carrying `payload` for `purpose` only."""
+    return _serializer(purpose).dumps(payload)
+
+
+def unsign(purpose: str, token: str, max_age_seconds: int | None = None) -> Any:
+    """The payload of a token made by `sign` for the same purpose, or TokenError."""
+    try:
+        return _serializer(purpose).loads(token, max_age=max_age_seconds)
+    except SignatureExpired:
+        raise TokenError("this link has expired") from None
+    except BadSignature:
+        raise TokenError("this link is not valid") from None

@@ -1,0 +1,89 @@
+"""The Litestar application: routes, templates, CSRF, admin mount, and the resources' lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+from litestar import Litestar, Request, asgi, get
+from litestar.config.csrf import CSRFConfig
+from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.response import Redirect
+from litestar.template.config import TemplateConfig
+from litestar.types import Receive, Scope, Send
+from piccolo.engine import engine_finder
+from piccolo.engine.postgres import PostgresEngine
+
+from server.health import health
+from server.settings import get_settings
+
+log = logging.getLogger("leadkiln.server")
+
+TEMPLATE_DIRS = [Path(__file__).resolve().parent.parent / "landing" / "templates"]
+
+
+@asynccontextmanager
+async def lifespan(app: Litestar) -> AsyncIterator[None]:
+    """Open the database pool and the ARQ pool; close them on shutdown."""
+    settings = get_settings()
+    engine = engine_finder()
+    if isinstance(engine, PostgresEngine):
+        await engine.start_connection_pool(max_size=settings.db_pool_size)
+    arq = None
+    if settings.redis_url:
+        arq = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    app.state.arq = arq
+    try:
+        yield
+    finally:
+        if arq is not None:
+            await arq.aclose()
+        if isinstance(engine, PostgresEngine):
+            await engine.close_connection_pool()
+
+
+def provide_arq(state: State) -> ArqRedis | None:
+    return state.arq
+
+
+@get("/admin", include_in_schema=False)
+async def admin_redirect() -> Redirect:
+    """/admin without its slash breaks the admin's asset links."""
+    return Redirect(path="/admin/", status_code=308)
+
+
+def create_app() -> Litestar:
+    """Compose the web app from the domains."""
+    from admin.site import ADMIN_APP
+    from landing.controllers import LandingController, UnsubscribeController, index
+
+    @asgi("/admin/", is_mount=True, copy_scope=True)
+    async def admin(scope: Scope, receive: Receive, send: Send) -> None:
+        await ADMIN_APP(scope, receive, send)  # type: ignore[arg-type]
+
+    settings = get_settings()
+    return Litestar(
+        route_handlers=[index, LandingController, UnsubscribeController, health, admin_redirect, admin],
+        dependencies={"arq": Provide(provide_arq, sync_to_thread=False)},
+        lifespan=[lifespan],
+        template_config=TemplateConfig(directory=TEMPLATE_DIRS, engine=JinjaTemplateEngine),
+        csrf_config=CSRFConfig(
+            secret=settings.secret_key,
+            cookie_name="lk_csrf",
+            header_name="x-lk-csrf",
+            cookie_httponly=True,
+            cookie_secure=settings.public_url.startswith("https://"),
+            # The admin has its own CSRF; the API uses keys; one-click unsubscribe is
+            # POSTed by mailbox providers without cookies (RFC 8058).
+            exclude=["/admin", "/api", "/u/", "/health"],
+        ),
+        openapi_config=OpenAPIConfig(title="leadkiln", version="0.1.0", path="/api/schema"),
+        request_max_body_size=64 * 1024,
+    )

@@ -1,0 +1,359 @@
+"""The `leadkiln` command: demo, serve, worker, migrate, createadmin."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import io
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+import server  # noqa: F401 - sets PICCOLO_CONF
+from server.settings import ConfigError, Settings, get_settings, load_dotenv_file
+
+log = logging.getLogger("leadkiln")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One line on stderr and a non-zero exit: no traceback for a user's mistake."""
+    click.echo(f"leadkiln: {message}", err=True)
+    sys.exit(code)
+
+
+def settings_or_exit() -> Settings:
+    get_settings.cache_clear()
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+
+def check_port(host: str, port: int) -> None:
+    from server.embedded import port_in_use
+
+    if port_in_use(host, port):
+        fail(f"port {port} on {host} is already in use; choose another with --port")
+
+
+def check_database(settings: Settings) -> None:
+    """Fail with one line naming DATABASE_URL if the database cannot be reached."""
+    if settings.database.engine != "postgres":
+        return
+    import asyncpg
+
+    async def probe() -> None:
+        connection = await asyncpg.connect(**settings.database.postgres_config(), timeout=5)
+        await connection.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:  # noqa: BLE001 - any failure is reported in one line
+        fail(f"DATABASE_URL: cannot connect to {settings.database_url} ({type(exc).__name__}: {exc})")
+
+
+def check_redis(url: str) -> None:
+    """Fail with one line naming REDIS_URL if Redis cannot be reached."""
+    from redis.asyncio import Redis
+
+    async def probe() -> None:
+        client = Redis.from_url(url, socket_connect_timeout=3)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:  # noqa: BLE001
+        fail(f"REDIS_URL: cannot connect to {url} ({type(exc).__name__}: {exc})")
+
+
+def run_migrations(verbose: bool = False) -> None:
+    """Apply every app's pending migrations (Piccolo's own output shown only on failure or -v)."""
+    from piccolo.apps.migrations.commands.forwards import run_forwards
+
+    output = io.StringIO()
+    error = ""
+    with contextlib.redirect_stdout(output):
+        try:
+            result = asyncio.run(run_forwards(app_name="all"))
+        except Exception as exc:  # noqa: BLE001
+            result = None
+            error = f"{type(exc).__name__}: {exc}"
+    if verbose:
+        click.echo(output.getvalue())
+    if result is None or not result.success:
+        click.echo(output.getvalue(), err=True)
+        fail(f"migrations failed: {error if result is None else result.message}")
+
+
+def ensure_admin(username: str, password: str | None, email: str) -> str:
+    """Create (or reset) an admin user; returns the password in force."""
+    from piccolo.apps.user.tables import BaseUser
+
+    password = password or secrets.token_urlsafe(12)
+
+    async def upsert() -> None:
+        user = await BaseUser.objects().where(BaseUser.username == username).first()
+        if user is None:
+            await BaseUser.create_user(username=username, password=password, email=email,
+                                       active=True, admin=True, superuser=True)
+        else:
+            await BaseUser.update_password(user=user.id, password=password)
+            await BaseUser.update({BaseUser.active: True, BaseUser.admin: True}).where(BaseUser.id == user.id)
+
+    asyncio.run(upsert())
+    return password
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+def main(verbose: bool) -> None:
+    """leadkiln: gated ebooks, per-topic interest scoring and nurture chains, on one machine."""
+    load_dotenv_file()
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("-v", "--verbose", is_flag=True, help="Show each migration.")
+def migrate(verbose: bool) -> None:
+    """Create or update the tables (SQLite or PostgreSQL, from DATABASE_URL)."""
+    settings = settings_or_exit()
+    check_database(settings)
+    run_migrations(verbose)
+    click.echo(f"database is up to date ({settings.database.engine})")
+
+
+@main.command()
+@click.option("--username", prompt=True, help="Login name.")
+@click.option("--email", prompt=True, help="The user's email address.")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, help="Password (prompted if not given).")
+def createadmin(username: str, email: str, password: str) -> None:
+    """Create an admin user for /admin/ (or reset its password)."""
+    settings = settings_or_exit()
+    check_database(settings)
+    if len(password) < 8:
+        fail("the password needs at least 8 characters", 2)
+    ensure_admin(username, password, email)
+    click.echo(f"admin user {username!r} is ready")
+
+
+def _embedded_redis_if_needed(settings: Settings) -> Any:
+    """Start an embedded Redis when REDIS_URL is unset; the caller stops it."""
+    if settings.redis_url:
+        check_redis(settings.redis_url)
+        return None
+    from server.embedded import EmbeddedRedis
+
+    redis = EmbeddedRedis(settings.data_dir).start()
+    os.environ["REDIS_URL"] = redis.url
+    get_settings.cache_clear()
+    return redis
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Web processes.")
+def serve(host: str, port: int, workers: int) -> None:
+    """Run the web app (landing pages, API, admin)."""
+    settings = settings_or_exit()
+    check_port(host, port)
+    check_database(settings)
+    redis = _embedded_redis_if_needed(settings)
+    import uvicorn
+
+    try:
+        uvicorn.run("server.asgi:app", host=host, port=port, workers=workers, log_level="info",
+                    proxy_headers=True, server_header=False)
+    finally:
+        if redis is not None:
+            redis.stop()
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="Run the jobs that are due, then exit.")
+def worker(burst: bool) -> None:
+    """Run the background worker (sends letters, rescores leads, sweeps for due steps)."""
+    settings = settings_or_exit()
+    check_database(settings)
+    redis = _embedded_redis_if_needed(settings)
+    catcher = None
+    if settings.smtp_url is None:
+        from server.embedded import MailCatcher
+
+        catcher = MailCatcher(settings.data_dir).start()
+        os.environ["SMTP_URL"] = catcher.url
+        get_settings.cache_clear()
+        click.echo(f"no SMTP_URL: letters go to the built-in mail catcher ({catcher.url})")
+    from arq.worker import run_worker
+
+    from workers.settings import WorkerSettings, redis_settings
+
+    try:
+        run_worker(WorkerSettings, redis_settings=redis_settings(), burst=burst)  # type: ignore[arg-type]
+    finally:
+        if catcher is not None:
+            catcher.stop()
+        if redis is not None:
+            redis.stop()
+
+
+class DemoLock:
+    """One demo per data directory: an exclusive lock held for the demo's life."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / "demo.lock"
+        self.handle = open(self.path, "a+")
+
+    def acquire(self) -> bool:
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+        return True
+
+    def holder(self) -> str:
+        self.handle.seek(0)
+        return self.handle.read().strip() or "?"
+
+
+def _wait_healthy(url: str, children: list[subprocess.Popen[bytes]], timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(child.poll() is not None for child in children):
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def _stop_children(children: list[subprocess.Popen[bytes]], timeout: float = 15) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(timeout=5)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise _Stop()
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the SQLite file, secret key, rendered ebooks and caught mail live (default: DATA_DIR or ./leadkiln-data).")
+@click.option("--delay-minutes", default=1, show_default=True, type=click.IntRange(0, 1440),
+              help="Delay between the demo chains' letters.")
+def demo(host: str, port: int, data_dir: Path | None, delay_minutes: int) -> None:
+    """Everything in one process tree on embedded defaults, with demo data. Ctrl-C stops it all."""
+    if data_dir is not None:
+        os.environ["DATA_DIR"] = str(data_dir.expanduser().resolve())
+    settings = settings_or_exit()
+    lock = DemoLock(settings.data_dir)
+    if not lock.acquire():
+        fail(f"a leadkiln demo is already running on {settings.data_dir} (pid {lock.holder()}); stop it first")
+    check_port(host, port)
+    public_url = os.environ.get("PUBLIC_URL") or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    os.environ["PUBLIC_URL"] = public_url
+    settings = settings_or_exit()
+    check_database(settings)
+
+    from server.embedded import EmbeddedRedis, MailCatcher
+    from server.demo_data import seed_demo
+
+    redis = catcher = None
+    children: list[subprocess.Popen[bytes]] = []
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        run_migrations()
+        asyncio.run(seed_demo(delay_minutes=delay_minutes))
+        password_file = settings.data_dir / "admin-password"
+        password = password_file.read_text().strip() if password_file.exists() else None
+        password = ensure_admin("admin", password, "admin@leadkiln.localhost")
+        password_file.write_text(password)
+        password_file.chmod(0o600)
+        if not settings.redis_url:
+            redis = EmbeddedRedis(settings.data_dir).start()
+            os.environ["REDIS_URL"] = redis.url
+        if not settings.smtp_url:
+            catcher = MailCatcher(settings.data_dir).start()
+            os.environ["SMTP_URL"] = catcher.url
+        env = dict(os.environ)
+        python = sys.executable
+        from server.embedded import _die_with_parent
+
+        children.append(subprocess.Popen([python, "-m", "server.cli", "serve", "--host", host, "--port", str(port)],
+                                         env=env, preexec_fn=_die_with_parent))
+        children.append(subprocess.Popen([python, "-m", "server.cli", "worker"], env=env, preexec_fn=_die_with_parent))
+        if not _wait_healthy(f"http://127.0.0.1:{port}/health" if host in ("0.0.0.0", "::") else f"http://{host}:{port}/health", children):
+            fail("the web app did not become healthy; see the messages above")
+        pages = asyncio.run(_landing_slugs())
+        lines = ["", "leadkiln demo is running. Ctrl-C stops everything.", ""]
+        lines += [f"  landing page  {public_url}/l/{slug}" for slug in pages]
+        lines += [
+            f"  admin         {public_url}/admin/   login: admin / {password}",
+            f"  caught mail   admin > Mail > Caught mail, and {settings.data_dir / 'mail'}",
+            f"  data dir      {settings.data_dir}",
+            "",
+        ]
+        click.echo("\n".join(lines))
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        fail("a demo process stopped unexpectedly; shutting down")
+    except _Stop:
+        click.echo("\nstopping leadkiln demo…")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_IGN)
+        _stop_children(children)
+        if catcher is not None:
+            catcher.stop()
+        if redis is not None:
+            redis.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+async def _landing_slugs() -> list[str]:
+    from content.tables import LandingPage
+
+    rows = await LandingPage.select(LandingPage.slug).where(LandingPage.published == True).order_by(LandingPage.id)  # noqa: E712
+    return [r["slug"] for r in rows]
+
+
+if __name__ == "__main__":
+    main()

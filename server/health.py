@@ -1,0 +1,28 @@
+"""GET /health: is the database reachable, is Redis reachable."""
+
+from __future__ import annotations
+
+import asyncio
+
+from arq.connections import ArqRedis
+from litestar import get
+from litestar.response import Response
+
+from landing.tables import Topic
+
+
+async def _check(coro) -> str:
+    try:
+        await asyncio.wait_for(coro, timeout=3)
+        return "ok"
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: this is the health check
+        return f"error: {type(exc).__name__}: {exc}"[:300]
+
+
+@get("/health")
+async def health(arq: ArqRedis | None) -> Response[dict[str, str]]:
+    """Report the database and Redis; 503 if either is down."""
+    database = await _check(Topic.count())
+    redis = await _check(arq.ping()) if arq is not None else "error: no Redis configured"
+    status = "ok" if database == "ok" and redis == "ok" else "degraded"
+    return Response({"status": status, "database": database, "redis": redis}, status_code=200 if status == "ok" else 503)

@@ -1,0 +1,46 @@
+"""ARQ job functions: thin wrappers that call the domain services; each is safe to run twice."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from arq.connections import ArqRedis
+
+from content.chains import EnrollmentDue, due_enrollments, send_job_id
+from content.delivery import report_stuck_deliveries, send_due_step
+from scoring.service import rescore_lead as rescore_lead_service
+
+log = logging.getLogger("leadkiln.worker")
+
+
+async def enqueue_send(redis: ArqRedis, due: EnrollmentDue) -> bool:
+    """Queue a step for its due time; False if that job is already queued."""
+    job = await redis.enqueue_job("send_step", due.enrollment_id, _job_id=send_job_id(due), _defer_until=due.due_at)
+    return job is not None
+
+
+async def send_step(ctx: dict[str, Any], enrollment_id: int) -> str:
+    """Send an enrollment's due letter and queue the next one."""
+    result = await send_due_step(enrollment_id, ctx["relay"])
+    if result.next_due is not None:
+        await enqueue_send(ctx["redis"], result.next_due)
+    if result.outcome.value in ("retry", "bounced"):
+        log.warning("enrollment %s: %s %s", enrollment_id, result.outcome.value, result.detail)
+    return result.outcome.value
+
+
+async def rescore_lead(ctx: dict[str, Any], lead_id: int) -> None:
+    """Recompute a lead's topic scores after a new event."""
+    await rescore_lead_service(lead_id)
+
+
+async def sweep(ctx: dict[str, Any]) -> int:
+    """Queue every due step the database knows of: recovers what Redis lost."""
+    await report_stuck_deliveries()
+    queued = 0
+    for due in await due_enrollments():
+        queued += await enqueue_send(ctx["redis"], due)
+    if queued:
+        log.info("sweeper queued %d due letters", queued)
+    return queued

@@ -1,0 +1,58 @@
+"""The ARQ worker: job functions, the sweeper cron, and the resources each worker opens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import server  # noqa: F401 - sets PICCOLO_CONF before any query
+
+from arq import cron, func
+from arq.connections import RedisSettings
+from piccolo.engine import engine_finder
+from piccolo.engine.postgres import PostgresEngine
+
+from content.mail import Relay
+from server.settings import get_settings
+from workers import jobs
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings = get_settings()
+    engine = engine_finder()
+    if isinstance(engine, PostgresEngine):
+        await engine.start_connection_pool(max_size=settings.db_pool_size)
+    if settings.smtp is None:
+        raise RuntimeError("SMTP_URL is not set and no mail catcher was started")
+    ctx["relay"] = Relay(settings.smtp)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    relay = ctx.get("relay")
+    if relay is not None:
+        await relay.close()
+    engine = engine_finder()
+    if isinstance(engine, PostgresEngine):
+        await engine.close_connection_pool()
+
+
+def redis_settings() -> RedisSettings:
+    url = get_settings().redis_url
+    if not url:
+        raise RuntimeError("REDIS_URL is not set and no embedded Redis was started")
+    return RedisSettings.from_dsn(url)
+
+
+class WorkerSettings:
+    """ARQ reads this class: `arq workers.settings.WorkerSettings` or `leadkiln worker`."""
+
+    functions = [
+        # keep_result=0: a finished send frees its job id, so a retry can be queued again.
+        func(jobs.send_step, keep_result=0, max_tries=5),
+        func(jobs.rescore_lead, keep_result=0, max_tries=3),
+    ]
+    cron_jobs = [cron(jobs.sweep, second=set(range(0, 60, 5)), run_at_startup=True, unique=True, keep_result=0)]
+    on_startup = startup
+    on_shutdown = shutdown
+    max_jobs = 20
+    job_timeout = 120
+    health_check_interval = 30
