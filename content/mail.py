@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import email.policy
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, parseaddr
@@ -12,6 +13,11 @@ import aiosmtplib
 
 from content.letters import RenderedLetter
 from server.settings import SmtpConfig
+
+
+# Python folds a header as soon as it passes 78 characters, often right after the
+# colon; RFC 5322 allows 998, and unfolded headers read the same in every client.
+LETTER_POLICY = email.policy.SMTP.clone(max_line_length=998)
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,7 @@ class Envelope:
 
 def build_message(letter: RenderedLetter, envelope: Envelope, sent_at: datetime | None = None) -> EmailMessage:
     """A multipart/alternative letter with a visible and a one-click unsubscribe."""
-    message = EmailMessage()
+    message = EmailMessage(policy=LETTER_POLICY)
     message["From"] = formataddr((envelope.sender_name, envelope.sender_email))
     message["To"] = envelope.to_address
     message["Subject"] = letter.subject
@@ -89,7 +95,10 @@ class Relay:
                 if self._client is None or not self._client.is_connected:
                     self._client = await self._connect()
                 try:
-                    _, reply = await self._client.send_message(message)
+                    # Flattened here: aiosmtplib would re-fold headers with its 78-column policy.
+                    raw = message.as_bytes(policy=LETTER_POLICY)
+                    recipients = [address_of(str(message["To"]))]
+                    _, reply = await self._client.sendmail(address_of(str(message["From"])), recipients, raw)
                     return reply
                 except aiosmtplib.SMTPRecipientsRefused as exc:
                     refusal = exc.recipients[0]

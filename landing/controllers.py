@@ -8,6 +8,8 @@ from typing import Any
 from arq.connections import ArqRedis
 from litestar import Controller, Request, get, post
 from litestar.datastructures import Cookie
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar.response import Template
 from litestar.status_codes import HTTP_200_OK, HTTP_404_NOT_FOUND, HTTP_422_UNPROCESSABLE_ENTITY
 
@@ -74,7 +76,7 @@ class LandingController(Controller):
     path = "/l"
 
     @get("/{slug:str}")
-    async def show(self, request: Request, slug: str) -> Template:
+    async def show(self, request: Request, slug: FromPath[str]) -> Template:
         """Render a landing page and count the view."""
         found = await page_by_slug(slug)
         if found is None:
@@ -87,7 +89,7 @@ class LandingController(Controller):
         )
 
     @post("/{slug:str}", status_code=HTTP_200_OK)
-    async def submit(self, request: Request, slug: str, arq: ArqRedis | None) -> Template:
+    async def submit(self, request: Request, slug: FromPath[str], arq: NamedDependency[ArqRedis | None]) -> Template:
         """Capture a lead: committed before the thank-you page, follow-ups queued after."""
         found = await page_by_slug(slug)
         if found is None:
@@ -126,7 +128,7 @@ class UnsubscribeController(Controller):
     path = "/u"
 
     @get("/{token:str}")
-    async def confirm(self, token: str) -> Template:
+    async def confirm(self, token: FromPath[str]) -> Template:
         """Ask before unsubscribing: link scanners follow GETs."""
         try:
             unsign("unsubscribe", token)
@@ -135,7 +137,7 @@ class UnsubscribeController(Controller):
         return Template(template_name="landing/unsubscribe.html", context={})
 
     @post("/{token:str}", status_code=HTTP_200_OK)
-    async def unsubscribe(self, token: str) -> Template:
+    async def unsubscribe(self, token: FromPath[str]) -> Template:
         """Suppress the lead's address and stop its chains at once."""
         try:
             lead_id = unsign("unsubscribe", token)

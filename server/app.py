@@ -11,7 +11,7 @@ from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from litestar import Litestar, Request, asgi, get
 from litestar.config.csrf import CSRFConfig
-from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -34,7 +34,9 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     """Open the database pool and the ARQ pool; close them on shutdown."""
     settings = get_settings()
     engine = engine_finder()
-    if isinstance(engine, PostgresEngine):
+    # A pool opened by our host (a test session, the worker in the same process) is left to it.
+    own_pool = isinstance(engine, PostgresEngine) and engine.pool is None
+    if own_pool:
         await engine.start_connection_pool(max_size=settings.db_pool_size)
     arq = None
     if settings.redis_url:
@@ -45,7 +47,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     finally:
         if arq is not None:
             await arq.aclose()
-        if isinstance(engine, PostgresEngine):
+        if own_pool:
             await engine.close_connection_pool()
 
 

@@ -151,7 +151,7 @@ class CatcherHandler:
                     raw=raw.decode("utf-8", errors="replace"),
                     received_at=received_at,
                 )
-            )
+            ).run(in_pool=False)  # this thread has its own event loop: a pool from another loop is unusable
         return "250 Message accepted for delivery"
 
 

@@ -6,6 +6,7 @@ import asyncio
 
 from arq.connections import ArqRedis
 from litestar import get
+from litestar.di import NamedDependency
 from litestar.response import Response
 
 from landing.tables import Topic
@@ -20,7 +21,7 @@ async def _check(coro) -> str:
 
 
 @get("/health")
-async def health(arq: ArqRedis | None) -> Response[dict[str, str]]:
+async def health(arq: NamedDependency[ArqRedis | None]) -> Response[dict[str, str]]:
     """Report the database and Redis; 503 if either is down."""
     database = await _check(Topic.count())
     redis = await _check(arq.ping()) if arq is not None else "error: no Redis configured"

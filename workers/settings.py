@@ -19,8 +19,11 @@ from workers import jobs
 async def startup(ctx: dict[str, Any]) -> None:
     settings = get_settings()
     engine = engine_finder()
-    if isinstance(engine, PostgresEngine):
+    ctx["own_pool"] = isinstance(engine, PostgresEngine) and engine.pool is None
+    if ctx["own_pool"]:
         await engine.start_connection_pool(max_size=settings.db_pool_size)
+    if "relay" in ctx:
+        return
     if settings.smtp is None:
         raise RuntimeError("SMTP_URL is not set and no mail catcher was started")
     ctx["relay"] = Relay(settings.smtp)
@@ -30,9 +33,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     relay = ctx.get("relay")
     if relay is not None:
         await relay.close()
-    engine = engine_finder()
-    if isinstance(engine, PostgresEngine):
-        await engine.close_connection_pool()
+    if ctx.get("own_pool"):
+        await engine_finder().close_connection_pool()
 
 
 def redis_settings() -> RedisSettings:

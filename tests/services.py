@@ -1,0 +1,125 @@
+"""Real services for the tests: the machine's PostgreSQL and Redis when running, else started here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclass
+class Services:
+    """What a test session runs against; `stop()` ends whatever it started itself."""
+
+    redis_url: str
+    database_url: str
+    _cleanup: list = field(default_factory=list)
+
+    def stop(self) -> None:
+        for action in reversed(self._cleanup):
+            try:
+                action()
+            except Exception:  # noqa: BLE001 - cleanup goes on
+                pass
+
+
+def _start_local_postgres() -> str | None:
+    """Start the machine's PostgreSQL cluster if one is installed (Debian's pg_ctlcluster)."""
+    versions = Path("/etc/postgresql")
+    if shutil.which("pg_ctlcluster") and versions.exists():
+        for version in sorted(versions.iterdir()):
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version.name, "main", "start"],
+                           capture_output=True, timeout=60)
+        if answers("127.0.0.1", 5432):
+            return "postgres://postgres@127.0.0.1:5432"
+    return None
+
+
+def _start_pgserver(data_dir: Path, cleanup: list) -> str:
+    """A private PostgreSQL from the pgserver wheel, for a machine with none installed."""
+    import pgserver  # test extra: ships PostgreSQL binaries
+
+    server = pgserver.get_server(str(data_dir / "pgdata"), cleanup_mode="stop")
+    cleanup.append(server.cleanup)
+    return server.get_uri().rsplit("/", 1)[0]
+
+
+def _create_database(admin_base: str, name: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def create() -> None:
+        connection = await asyncpg.connect(f"{admin_base}/postgres", timeout=10)
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            await connection.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await connection.close()
+
+    asyncio.run(create())
+
+
+def _drop_database(admin_base: str, name: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def drop() -> None:
+        connection = await asyncpg.connect(f"{admin_base}/postgres", timeout=10)
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
+    asyncio.run(drop())
+
+
+def start_services(db: str, data_dir: Path) -> Services:
+    """Redis (database 1 for SQLite runs, 2 for PostgreSQL runs) and the chosen database."""
+    cleanup: list = []
+    redis_db = 1 if db == "sqlite" else 2
+    if redis_answers(6379):
+        redis_url = f"redis://127.0.0.1:6379/{redis_db}"
+    else:
+        from server.embedded import EmbeddedRedis
+
+        embedded = EmbeddedRedis(data_dir / "redis").start()
+        cleanup.append(embedded.stop)
+        redis_url = f"{embedded.url.rsplit('/', 1)[0]}/{redis_db}"
+
+    if db == "sqlite":
+        database_url = f"sqlite:///{data_dir / 'test.db'}"
+    else:
+        admin_base = os.environ.get("LEADKILN_TEST_PG")
+        if not admin_base:
+            if answers("127.0.0.1", 5432):
+                admin_base = "postgres://postgres@127.0.0.1:5432"
+            else:
+                admin_base = _start_local_postgres() or _start_pgserver(data_dir, cleanup)
+        name = f"leadkiln_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        _create_database(admin_base, name)
+        cleanup.append(lambda: _drop_database(admin_base, name))
+        database_url = f"{admin_base}/{name}"
+    return Services(redis_url=redis_url, database_url=database_url, _cleanup=cleanup)
