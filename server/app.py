@@ -9,13 +9,12 @@ from pathlib import Path
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
-from litestar import Litestar, Request, asgi, get
+from litestar import Litestar, asgi
 from litestar.config.csrf import CSRFConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.response import Redirect
 from litestar.template.config import TemplateConfig
 from litestar.types import Receive, Scope, Send
 from piccolo.engine import engine_finder
@@ -55,24 +54,24 @@ def provide_arq(state: State) -> ArqRedis | None:
     return state.arq
 
 
-@get("/admin", include_in_schema=False)
-async def admin_redirect() -> Redirect:
-    """/admin without its slash breaks the admin's asset links."""
-    return Redirect(path="/admin/", status_code=308)
-
-
 def create_app() -> Litestar:
     """Compose the web app from the domains."""
     from admin.site import ADMIN_APP
     from landing.controllers import LandingController, UnsubscribeController, index
 
-    @asgi("/admin/", is_mount=True, copy_scope=True)
+    @asgi("/admin", is_mount=True, copy_scope=True)
     async def admin(scope: Scope, receive: Receive, send: Send) -> None:
+        """piccolo-admin; `/admin` without its slash would break the admin's asset links."""
+        if scope["type"] == "http" and scope.get("raw_path", b"").rstrip(b"?").split(b"?")[0] == b"/admin":
+            await send({"type": "http.response.start", "status": 308,
+                        "headers": [(b"location", b"/admin/"), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
         await ADMIN_APP(scope, receive, send)  # type: ignore[arg-type]
 
     settings = get_settings()
     return Litestar(
-        route_handlers=[index, LandingController, UnsubscribeController, health, admin_redirect, admin],
+        route_handlers=[index, LandingController, UnsubscribeController, health, admin],
         dependencies={"arq": Provide(provide_arq, sync_to_thread=False)},
         lifespan=[lifespan],
         template_config=TemplateConfig(directory=TEMPLATE_DIRS, engine=JinjaTemplateEngine),

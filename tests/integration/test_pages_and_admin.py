@@ -1,0 +1,130 @@
+"""Landing page errors, the honeypot, unsubscribe, health, and the admin behind its login."""
+
+from __future__ import annotations
+
+import re
+
+from content.tables import Enrollment, Suppression
+from content.delivery import email_hash
+from landing.tables import Consent, Event, Lead
+from landing.tokens import sign
+from tests.integration.conftest import landing_form
+
+
+async def test_unknown_slug_is_a_friendly_404(client, catalog) -> None:
+    response = await client.get("/l/no-such-page")
+    assert response.status_code == 404
+    assert "does not exist" in response.text
+
+
+async def test_bad_email_comes_back_inline_with_input_kept_and_nothing_written(client, catalog) -> None:
+    token = await landing_form(client, "seo")
+    response = await client.post("/l/seo", data={"_csrf_token": token, "email": "not-an-email", "first_name": "Dora",
+                                                 "company": "Globex", "consent": "on"})
+    assert response.status_code == 422
+    assert 'id="email-error"' in response.text and "not valid" in response.text
+    assert 'value="not-an-email"' in response.text and 'value="Dora"' in response.text
+    assert 'value="Globex"' in response.text
+    assert await Lead.count() == 0 and await Consent.count() == 0
+    assert await Event.count().where(Event.type == "form_submit") == 0
+
+
+async def test_missing_consent_is_refused(client, catalog) -> None:
+    token = await landing_form(client, "seo")
+    response = await client.post("/l/seo", data={"_csrf_token": token, "email": "eva@example.com"})
+    assert response.status_code == 422
+    assert 'id="consent-error"' in response.text
+    assert await Lead.count() == 0
+
+
+async def test_html_in_fields_renders_inert_on_the_error_page(client, catalog) -> None:
+    token = await landing_form(client, "seo")
+    response = await client.post("/l/seo", data={"_csrf_token": token, "email": "x@", "first_name": '"><script>alert(1)</script>'})
+    assert response.status_code == 422
+    assert "<script>alert(1)</script>" not in response.text
+    assert "&lt;script&gt;" in response.text or "&#34;&gt;&lt;script" in response.text
+
+
+async def test_form_without_csrf_token_is_refused(client, catalog) -> None:
+    await client.get("/l/seo")
+    response = await client.post("/l/seo", data={"email": "femi@example.com", "consent": "on"})
+    assert response.status_code == 403
+    assert await Lead.count() == 0
+
+
+async def test_filled_honeypot_looks_accepted_but_stores_nothing(client, catalog) -> None:
+    token = await landing_form(client, "seo")
+    response = await client.post("/l/seo", data={"_csrf_token": token, "email": "bot@example.com", "consent": "on",
+                                                 "website": "http://spam.example"})
+    assert response.status_code == 200 and "is on its way" in response.text
+    assert await Lead.count() == 0 and await Enrollment.count() == 0
+
+
+async def test_unsubscribe_get_only_asks_and_post_suppresses_at_once(client, catalog) -> None:
+    token = await landing_form(client, "seo")
+    await client.post("/l/seo", data={"_csrf_token": token, "email": "gus@example.com", "consent": "on"})
+    lead = await Lead.objects().get(Lead.email == "gus@example.com")
+    link = f"/u/{sign('unsubscribe', lead.id)}"
+
+    page = await client.get(link)
+    assert page.status_code == 200 and "Yes, unsubscribe me" in page.text
+    assert await Suppression.count() == 0
+
+    # RFC 8058: the mailbox provider POSTs without cookies or CSRF token.
+    client.cookies.clear()
+    response = await client.post(link, data={"List-Unsubscribe": "One-Click"})
+    assert response.status_code == 200 and "unsubscribed" in response.text
+    assert await Suppression.exists().where(Suppression.email_hash == email_hash("gus@example.com"))
+    enrollment = await Enrollment.objects().get(Enrollment.lead == lead.id)
+    assert enrollment.status == "exited" and enrollment.due_at is None
+
+
+async def test_tampered_unsubscribe_token_is_refused(client, catalog) -> None:
+    token = sign("unsubscribe", 1)
+    response = await client.post(f"/u/{token[:-2]}xx")
+    assert response.status_code == 400 and "not valid" in response.text
+    response = await client.post(f"/u/{sign('download', 1)}")
+    assert response.status_code == 400
+    assert await Suppression.count() == 0
+
+
+async def test_health_reports_database_and_redis(client) -> None:
+    response = await client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok", "redis": "ok"}
+
+
+async def test_admin_redirects_to_slash_and_requires_login(client) -> None:
+    response = await client.get("/admin", follow_redirects=False)
+    assert response.status_code in (301, 302, 307, 308)
+    assert response.headers["location"].endswith("/admin/")
+    response = await client.get("/admin/api/tables/", follow_redirects=False)
+    assert response.status_code in (401, 403) or response.status_code in (302, 303, 307)
+
+
+async def test_admin_login_lists_every_table(client) -> None:
+    from piccolo.apps.user.tables import BaseUser
+
+    await BaseUser.create_user(username="sales", password="correct-horse-9", email="s@example.com", active=True, admin=True)
+    page = await client.get("/admin/")
+    assert page.status_code == 200
+    csrf = client.cookies.get("csrftoken")
+    assert csrf, "piccolo-admin sets its CSRF cookie"
+    bad = await client.post("/admin/public/login/", json={"username": "sales", "password": "wrong-password"},
+                            headers={"X-CSRFToken": csrf})
+    assert bad.status_code in (401, 403)
+    good = await client.post("/admin/public/login/", json={"username": "sales", "password": "correct-horse-9"},
+                             headers={"X-CSRFToken": csrf})
+    assert good.status_code in (200, 303), good.text
+    tables = await client.get("/admin/api/tables/")
+    assert tables.status_code == 200
+    names = set(tables.json())
+    for expected in ("lead", "event", "score", "chain", "step", "offer", "enrollment", "delivery",
+                     "suppression", "topic", "ebook", "landing_page", "scoring_rule", "caught_mail"):
+        assert expected in names
+
+
+async def test_index_lists_published_pages(client, catalog) -> None:
+    response = await client.get("/")
+    assert response.status_code == 200
+    assert set(re.findall(r'href="/l/([a-z-]+)"', response.text)) == {"seo", "paid-ads", "analytics"}
