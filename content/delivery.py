@@ -88,10 +88,10 @@ def lead_context(lead: Lead, topic: Topic | None, chain: Chain | None) -> dict:
     return {
         "lead": {
             "email": lead.email or "",
-            "first_name": lead.first_name or None,
-            "last_name": lead.last_name or None,
-            "company": lead.company or None,
-            "role": lead.role or None,
+            "first_name": lead.first_name or "",
+            "last_name": lead.last_name or "",
+            "company": lead.company or "",
+            "role": lead.role or "",
         },
         "topic": {"name": topic.name if topic else ""},
         "chain": {"name": chain.name if chain else ""},

@@ -16,8 +16,23 @@ _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typograp
 
 _TEMPLATE_TAG = re.compile(r"(\{\{.*?\}\}|\{%.*?%\})", re.S)
 
-_text_env = ImmutableSandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
-_html_env = ImmutableSandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
+def _default(value: Any, default_value: Any = "", boolean: bool = True) -> Any:
+    """`default` for personalisation: a blank field ("" or None) counts as missing too."""
+    from jinja2 import Undefined
+
+    if isinstance(value, Undefined) or (boolean and not value):
+        return default_value
+    return value
+
+
+def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(autoescape=autoescape, undefined=StrictUndefined)
+    env.filters["default"] = env.filters["d"] = _default
+    return env
+
+
+_text_env = _environment(autoescape=False)
+_html_env = _environment(autoescape=True)
 
 
 class LetterTemplateError(ValueError):

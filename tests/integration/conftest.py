@@ -104,14 +104,27 @@ def sink(tmp_path: Path) -> AsyncIterator[Sink]:
     sink.catcher.stop()
 
 
-async def run_worker_burst(smtp_url: str) -> None:
-    """A real ARQ worker in burst mode against the test Redis: runs every ready job, then returns."""
+async def run_worker_burst(smtp_url: str, sweep_first: bool = False) -> None:
+    """A real ARQ worker in burst mode against the test Redis: runs every ready job, then returns.
+
+    `sweep_first` runs the sweeper once before, as its cron would: a burst worker may
+    stop before its own cron fires.
+    """
+    from arq import create_pool
     from arq.worker import Worker
+
+    from workers import jobs
 
     from content.mail import Relay
     from server.settings import _parse_smtp_url
     from workers.settings import WorkerSettings, redis_settings
 
+    if sweep_first:
+        pool = await create_pool(redis_settings())
+        try:
+            await jobs.sweep({"redis": pool})
+        finally:
+            await pool.aclose()
     relay = Relay(_parse_smtp_url(smtp_url))
     worker = Worker(
         functions=WorkerSettings.functions,

@@ -61,7 +61,7 @@ async def test_sweeper_requeues_what_redis_lost(client, catalog, sink) -> None:
     await redis.flushdb()
     await redis.aclose()
     assert len(await due_enrollments()) == 2
-    await run_worker_burst(sink.url)
+    await run_worker_burst(sink.url, sweep_first=True)
     recipients = sorted(str(m["To"]) for m in sink.messages())
     assert recipients == ["jade@example.com"] * 5 + ["kim@example.com"] * 5
 
