@@ -47,7 +47,8 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def _redis_answers(port: int) -> bool:
+def redis_answers(port: int) -> bool:
+    """Does a Redis on 127.0.0.1:port answer PING?"""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
@@ -103,7 +104,7 @@ class EmbeddedRedis:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"embedded redis-server exited with {self.process.returncode}; see {self.data_dir / 'redis.log'}")
-            if _redis_answers(self.port):
+            if redis_answers(self.port):
                 return self
             time.sleep(0.05)
         self.stop()
@@ -121,7 +122,7 @@ class EmbeddedRedis:
             port = int(state.read_text().strip())
         except (OSError, ValueError):
             port = 0
-        if port and _redis_answers(port):
+        if port and redis_answers(port):
             return f"redis://127.0.0.1:{port}/0", None
         redis = cls(data_dir).start()
         state.write_text(str(redis.port))

@@ -19,15 +19,6 @@ def answers(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def redis_answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 @dataclass
 class Services:
     """What a test session runs against; `stop()` ends whatever it started itself."""
@@ -100,6 +91,8 @@ def start_services(db: str, data_dir: Path) -> Services:
     """Redis (database 1 for SQLite runs, 2 for PostgreSQL runs) and the chosen database."""
     cleanup: list = []
     redis_db = 1 if db == "sqlite" else 2
+    from server.embedded import redis_answers
+
     if redis_answers(6379):
         redis_url = f"redis://127.0.0.1:6379/{redis_db}"
     else:

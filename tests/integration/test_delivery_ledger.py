@@ -76,23 +76,24 @@ class RefusingHandler:
         return self.reply
 
 
-async def _refusing_relay(reply: str) -> tuple[Controller, Relay]:
+async def send_through_refusing_relay(enrollment_id: int, reply: str):
+    """Send the due step through a relay that answers every recipient with `reply`."""
     from server.embedded import free_port
 
     port = free_port()
     controller = Controller(RefusingHandler(reply), hostname="127.0.0.1", port=port)
     controller.start()
-    return controller, Relay(_parse_smtp_url(f"smtp://127.0.0.1:{port}"))
+    relay = Relay(_parse_smtp_url(f"smtp://127.0.0.1:{port}"))
+    try:
+        return await send_due_step(enrollment_id, relay)
+    finally:
+        await relay.close()
+        controller.stop()
 
 
 async def test_temporary_refusal_retries_later_and_permanent_refusal_suppresses(client, catalog) -> None:
     enrollment_id = await capture(client, "lee@example.com")
-    controller, relay = await _refusing_relay("451 4.7.1 try again later")
-    try:
-        result = await send_due_step(enrollment_id, relay)
-    finally:
-        await relay.close()
-        controller.stop()
+    result = await send_through_refusing_relay(enrollment_id, "451 4.7.1 try again later")
     assert result.outcome == Outcome.retry
     delivery = await Delivery.objects().first()
     assert delivery.status == DeliveryStatus.failed and delivery.smtp_reply.startswith("451")
@@ -100,12 +101,7 @@ async def test_temporary_refusal_retries_later_and_permanent_refusal_suppresses(
     assert enrollment.due_at > datetime.now(timezone.utc), "retried later, with backoff"
 
     await Enrollment.update({Enrollment.due_at: datetime.now(timezone.utc)}).where(Enrollment.id == enrollment_id)
-    controller, relay = await _refusing_relay("550 5.1.1 no such user")
-    try:
-        result = await send_due_step(enrollment_id, relay)
-    finally:
-        await relay.close()
-        controller.stop()
+    result = await send_through_refusing_relay(enrollment_id, "550 5.1.1 no such user")
     assert result.outcome == Outcome.bounced
     delivery = await Delivery.objects().first()
     assert delivery.status == DeliveryStatus.bounced and delivery.attempts == 2
