@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 
 class ConfigError(Exception):
@@ -27,6 +27,7 @@ class DatabaseConfig:
     path: Path | None = None
     """The SQLite file (sqlite only)."""
     host: str = "127.0.0.1"
+    """A host name, or a directory holding the server's Unix socket (`?host=/run/postgresql`)."""
     port: int = 5432
     user: str = "postgres"
     password: str | None = None
@@ -117,9 +118,12 @@ def _parse_database_url(url: str, data_dir: Path) -> DatabaseConfig:
         database = parts.path.lstrip("/")
         if not database or "/" in database:
             raise ConfigError("DATABASE_URL", f"{url!r} names no database (postgres://user@host:port/db)")
+        socket_dir = parse_qs(parts.query).get("host", [""])[0]
+        if socket_dir and not socket_dir.startswith("/"):
+            raise ConfigError("DATABASE_URL", f"{url!r}: ?host= must be a socket directory (an absolute path)")
         return DatabaseConfig(
             engine="postgres",
-            host=parts.hostname or "127.0.0.1",
+            host=socket_dir or parts.hostname or "127.0.0.1",
             port=port,
             user=unquote(parts.username) if parts.username else "postgres",
             password=unquote(parts.password) if parts.password else None,

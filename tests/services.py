@@ -35,6 +35,12 @@ class Services:
                 pass
 
 
+def _url_for(base: str, database: str) -> str:
+    """`base` is a server URL without its database; it may carry `?host=/socket/dir`."""
+    server, _, query = base.partition("?")
+    return f"{server}/{database}" + (f"?{query}" if query else "")
+
+
 def _start_local_postgres() -> str | None:
     """Start the machine's PostgreSQL cluster if one is installed (Debian's pg_ctlcluster)."""
     versions = Path("/etc/postgresql")
@@ -48,43 +54,41 @@ def _start_local_postgres() -> str | None:
 
 
 def _start_pgserver(data_dir: Path, cleanup: list) -> str:
-    """A private PostgreSQL from the pgserver wheel, for a machine with none installed."""
-    import pgserver  # test extra: ships PostgreSQL binaries
+    """A private PostgreSQL from the pgserver wheel (test extra), for a machine with none installed.
 
+    It listens on a Unix socket only, so the base URL names the socket directory.
+    """
+    import logging
+
+    import pgserver
+
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     server = pgserver.get_server(str(data_dir / "pgdata"), cleanup_mode="stop")
     cleanup.append(server.cleanup)
-    return server.get_uri().rsplit("/", 1)[0]
+    return f"postgresql://postgres@?host={server.get_postmaster_info().socket_dir}"
+
+
+async def _on_maintenance_db(admin_base: str, statement: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(_url_for(admin_base, "postgres"), timeout=10)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
 
 
 def _create_database(admin_base: str, name: str) -> None:
     import asyncio
 
-    import asyncpg
-
-    async def create() -> None:
-        connection = await asyncpg.connect(f"{admin_base}/postgres", timeout=10)
-        try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
-            await connection.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await connection.close()
-
-    asyncio.run(create())
+    asyncio.run(_on_maintenance_db(admin_base, f'DROP DATABASE IF EXISTS "{name}"'))
+    asyncio.run(_on_maintenance_db(admin_base, f'CREATE DATABASE "{name}"'))
 
 
 def _drop_database(admin_base: str, name: str) -> None:
     import asyncio
 
-    import asyncpg
-
-    async def drop() -> None:
-        connection = await asyncpg.connect(f"{admin_base}/postgres", timeout=10)
-        try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await connection.close()
-
-    asyncio.run(drop())
+    asyncio.run(_on_maintenance_db(admin_base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def start_services(db: str, data_dir: Path) -> Services:
@@ -105,8 +109,10 @@ def start_services(db: str, data_dir: Path) -> Services:
     if db == "sqlite":
         database_url = f"sqlite:///{data_dir / 'test.db'}"
     else:
-        admin_base = os.environ.get("LEADKILN_TEST_PG")
-        if not admin_base:
+        admin_base = os.environ.get("LEADKILN_TEST_PG")  # a server URL, or "pgserver" to force the wheel
+        if admin_base == "pgserver":
+            admin_base = _start_pgserver(data_dir, cleanup)
+        elif not admin_base:
             if answers("127.0.0.1", 5432):
                 admin_base = "postgres://postgres@127.0.0.1:5432"
             else:
@@ -114,5 +120,5 @@ def start_services(db: str, data_dir: Path) -> Services:
         name = f"leadkiln_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
         _create_database(admin_base, name)
         cleanup.append(lambda: _drop_database(admin_base, name))
-        database_url = f"{admin_base}/{name}"
+        database_url = _url_for(admin_base, name)
     return Services(redis_url=redis_url, database_url=database_url, _cleanup=cleanup)

@@ -90,10 +90,17 @@ def test_postgres_credentials_are_unquoted(tmp_path: Path) -> None:
     assert config.password == "p/ss:w"
 
 
+def test_postgres_unix_socket_directory_from_the_host_query(tmp_path: Path) -> None:
+    config = _parse_database_url("postgresql://postgres@/leads?host=/run/postgresql", tmp_path)
+    assert config.host == "/run/postgresql"
+    assert config.database == "leads"
+
+
 @pytest.mark.parametrize(
     "url",
     [
         "mysql://user@host/db",  # bad scheme
+        "postgres://user@/db?host=relative/dir",  # a socket directory must be absolute
         "relative.db",  # no scheme at all
         "postgres://user@host:5433/",  # no database name
         "postgres://user@host:5433",  # no database name, no slash
