@@ -9,6 +9,8 @@ from datetime import datetime, timedelta, timezone
 from content.tables import (
     Chain,
     ChainStatus,
+    Delivery,
+    DeliveryStatus,
     Enrollment,
     EnrollmentGroup,
     EnrollmentStatus,
@@ -110,4 +112,17 @@ async def due_enrollments(now: datetime | None = None, limit: int = 10_000) -> l
         .order_by(Enrollment.due_at)
         .limit(limit)
     )
-    return [EnrollmentDue(r["id"], r["next_position"], r["due_at"]) for r in rows]
+    if not rows:
+        return []
+    # A step whose letter is being sent, or may have been (unknown), is not due again:
+    # its row settles first, by its job, by report_stuck_deliveries or by a person.
+    held = await Delivery.select(Delivery.enrollment, Delivery.step.position.as_alias("position")).where(
+        Delivery.enrollment.is_in([r["id"] for r in rows])
+        & Delivery.status.is_in([DeliveryStatus.claimed, DeliveryStatus.sending, DeliveryStatus.unknown])
+    )
+    busy = {(h["enrollment"], h["position"]) for h in held}
+    return [
+        EnrollmentDue(r["id"], r["next_position"], r["due_at"])
+        for r in rows
+        if (r["id"], r["next_position"]) not in busy
+    ]

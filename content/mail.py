@@ -54,16 +54,34 @@ def build_message(letter: RenderedLetter, envelope: Envelope, sent_at: datetime 
 
 
 class SmtpReplyError(Exception):
-    """The relay refused a letter; `code` tells temporary (4xx) from permanent (5xx)."""
+    """The relay answered a letter with a refusal; nothing was delivered.
 
-    def __init__(self, code: int, reply: str) -> None:
+    `stage` says which command was refused: a 5xx to RCPT is the recipient's address
+    (a bounce), a 5xx anywhere else is the relay or the letter (our problem, not the lead's).
+    """
+
+    def __init__(self, code: int, reply: str, stage: str) -> None:
         super().__init__(f"{code} {reply}")
         self.code = code
         self.reply = reply
+        self.stage = stage
 
     @property
     def permanent(self) -> bool:
         return 500 <= self.code < 600
+
+    @property
+    def recipient_refused(self) -> bool:
+        """A permanent refusal of the address itself: the one case that suppresses it."""
+        return self.permanent and self.stage == "rcpt"
+
+
+class DeliveryUncertain(Exception):
+    """The letter's data went out but no reply came back: the relay may have accepted it.
+
+    Sending it again could deliver it twice (RFC 1047), so the caller records it for a
+    person to resolve instead of retrying.
+    """
 
 
 class Relay:
@@ -83,38 +101,62 @@ class Relay:
             start_tls=self.config.start_tls,
             timeout=self.timeout,
         )
-        await client.connect()
-        if self.config.username:
-            await client.login(self.config.username, self.config.password or "")
+        try:
+            await client.connect()
+            if self.config.username:
+                await client.login(self.config.username, self.config.password or "")
+        except aiosmtplib.SMTPResponseException as exc:
+            client.close()
+            raise SmtpReplyError(exc.code, exc.message, "connect") from None
         return client
 
     async def send(self, message: EmailMessage) -> str:
-        """Send one letter; returns the relay's reply, raises SmtpReplyError or OSError."""
+        """Send one letter and return the relay's reply.
+
+        Raises SmtpReplyError (refused: not delivered), OSError or SMTPException (not
+        delivered: the relay was unreachable) or DeliveryUncertain (maybe delivered).
+        """
+        # Flattened here: aiosmtplib would re-fold headers with its 78-column policy.
+        raw = message.as_bytes(policy=LETTER_POLICY)
+        sender = address_of(str(message["From"]))
+        recipient = address_of(str(message["To"]))
         async with self._lock:
             for attempt in (1, 2):
                 if self._client is None or not self._client.is_connected:
                     self._client = await self._connect()
+                client = self._client
+                stage = "mail"
                 try:
-                    # Flattened here: aiosmtplib would re-fold headers with its 78-column policy.
-                    raw = message.as_bytes(policy=LETTER_POLICY)
-                    recipients = [address_of(str(message["To"]))]
-                    _, reply = await self._client.sendmail(address_of(str(message["From"])), recipients, raw)
-                    return reply
-                except aiosmtplib.SMTPRecipientsRefused as exc:
-                    refusal = exc.recipients[0]
-                    raise SmtpReplyError(refusal.code, refusal.message) from None
+                    await client.mail(sender)
+                    stage = "rcpt"
+                    await client.rcpt(recipient)
+                    stage = "data"
+                    reply = await client.data(raw)
+                    return reply.message
                 except aiosmtplib.SMTPResponseException as exc:
-                    if exc.code == 421:
-                        # The relay is closing the session; the next letter reconnects.
+                    if exc.code == 421 or stage == "data":
+                        # 421: the relay is closing the session. After a refused DATA the
+                        # session state is unclear. Either way the next letter reconnects.
                         await self._drop()
-                    raise SmtpReplyError(exc.code, exc.message) from None
-                except aiosmtplib.SMTPServerDisconnected:
-                    # RFC 5321 4.1.1.4: with no reply to the end of DATA the letter is not
-                    # delivered, so one resend on a fresh connection is correct.
+                    else:
+                        await self._reset(client)
+                    raise SmtpReplyError(exc.code, exc.message, stage) from None
+                except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
                     await self._drop()
+                    if stage == "data":
+                        raise DeliveryUncertain(f"no reply to the letter's data: {exc}") from None
+                    # Before DATA nothing was handed over: a reused connection that the
+                    # relay closed while idle is retried once on a fresh one.
                     if attempt == 2:
                         raise
             raise RuntimeError("unreachable")
+
+    async def _reset(self, client: aiosmtplib.SMTP) -> None:
+        """RSET after a refused MAIL or RCPT, so the reused connection starts clean."""
+        try:
+            await client.rset()
+        except (aiosmtplib.SMTPException, OSError):
+            await self._drop()
 
     async def _drop(self) -> None:
         client, self._client = self._client, None
@@ -131,7 +173,7 @@ class Relay:
             if client is not None and client.is_connected:
                 try:
                     await client.quit()
-                except aiosmtplib.SMTPException:
+                except (aiosmtplib.SMTPException, OSError):
                     client.close()
 
 

@@ -149,12 +149,17 @@ class Enrollment(Table):
 
 
 class DeliveryStatus(str, Enum):
+    claimed = "claimed"
+    """Reserved by a send job that has not yet handed the letter to the relay."""
     sending = "sending"
+    """Handed to the relay, no answer recorded yet."""
     sent = "sent"
     failed = "failed"
+    """Not delivered (refused, unreachable, template error): retried with backoff."""
     bounced = "bounced"
-    suppressed = "suppressed"
     unknown = "unknown"
+    """Maybe delivered (no reply after the data, or the worker died mid-send): for a person
+    to resolve in the admin, `sent` to go on with the chain, `failed` to send it again."""
 
 
 class Delivery(Table):
@@ -162,6 +167,8 @@ class Delivery(Table):
 
     enrollment = ForeignKey(references=Enrollment, on_delete=OnDelete.cascade)
     step = ForeignKey(references=Step, on_delete=OnDelete.cascade, index=True)
+    # Every insert names its status; the column default stays as first migrated because
+    # SQLite cannot alter a column's default in place.
     status = Varchar(length=12, choices=DeliveryStatus, default=DeliveryStatus.sending, index=True)
     offer_kind = Varchar(length=10, default="")
     to_address = Varchar(length=254, default="")

@@ -83,7 +83,10 @@ def create_app() -> Litestar:
             cookie_secure=settings.public_url.startswith("https://"),
             # The admin has its own CSRF; the API uses keys; one-click unsubscribe is
             # POSTed by mailbox providers without cookies (RFC 8058).
-            exclude=["/admin", "/api", "/u/", "/health"],
+            # Regular expressions searched anywhere in the path: anchored, or a landing page
+            # called /l/api-guide would skip CSRF. /u/ is RFC 8058 one-click unsubscribe,
+            # which mailbox providers POST without a token (the signed URL is the proof).
+            exclude=["^/admin(/|$)", "^/api/", "^/u/", "^/health$"],
         ),
         openapi_config=OpenAPIConfig(title="leadkiln", version="0.1.0", path="/api/schema"),
         request_max_body_size=64 * 1024,

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import click
 
 import server  # noqa: F401 - sets PICCOLO_CONF
-from server.settings import ConfigError, Settings, get_settings, load_dotenv_file
+from server.settings import ConfigError, Settings, get_settings, load_dotenv_file, redact
 
 log = logging.getLogger("leadkiln")
 
@@ -59,7 +59,7 @@ def check_database(settings: Settings) -> None:
     try:
         asyncio.run(probe())
     except Exception as exc:  # noqa: BLE001 - any failure is reported in one line
-        fail(f"DATABASE_URL: cannot connect to {settings.database_url} ({type(exc).__name__}: {exc})")
+        fail(f"DATABASE_URL: cannot connect to {redact(settings.database_url)} ({type(exc).__name__}: {exc})")
 
 
 def check_redis(url: str) -> None:
@@ -76,7 +76,7 @@ def check_redis(url: str) -> None:
     try:
         asyncio.run(probe())
     except Exception as exc:  # noqa: BLE001
-        fail(f"REDIS_URL: cannot connect to {url} ({type(exc).__name__}: {exc})")
+        fail(f"REDIS_URL: cannot connect to {redact(url)} ({type(exc).__name__}: {exc})")
 
 
 def run_migrations(verbose: bool = False) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -56,8 +57,9 @@ class SmtpConfig:
     password: str | None = None
     use_tls: bool = False
     """Implicit TLS (`smtps://`)."""
-    start_tls: bool = False
-    """STARTTLS after connecting (`smtp://...?starttls=1`)."""
+    start_tls: bool | None = None
+    """STARTTLS: None upgrades when the relay offers it, True requires it (`?starttls=1`),
+    False never (`?starttls=0`, a relay on a trusted network without TLS)."""
 
 
 @dataclass(frozen=True)
@@ -97,14 +99,14 @@ def _parse_database_url(url: str, data_dir: Path) -> DatabaseConfig:
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise ConfigError("DATABASE_URL", f"cannot parse {url!r} ({exc})") from None
+        raise ConfigError("DATABASE_URL", f"cannot parse {redact(url)!r} ({exc})") from None
     if parts.scheme == "sqlite":
         # sqlite:///relative.db -> path "/relative.db"; sqlite:////abs.db -> "//abs.db"
         raw = url[len("sqlite://") :]
         if parts.netloc or not raw.startswith("/") or raw == "/":
             raise ConfigError(
                 "DATABASE_URL",
-                f"{url!r} is not sqlite:///relative.db or sqlite:////absolute/path.db",
+                f"{redact(url)!r} is not sqlite:///relative.db or sqlite:////absolute/path.db",
             )
         path = Path(raw[1:])
         if not path.is_absolute():
@@ -114,13 +116,13 @@ def _parse_database_url(url: str, data_dir: Path) -> DatabaseConfig:
         try:
             port = parts.port or 5432
         except ValueError:
-            raise ConfigError("DATABASE_URL", f"{url!r} has an invalid port") from None
+            raise ConfigError("DATABASE_URL", f"{redact(url)!r} has an invalid port") from None
         database = parts.path.lstrip("/")
         if not database or "/" in database:
-            raise ConfigError("DATABASE_URL", f"{url!r} names no database (postgres://user@host:port/db)")
+            raise ConfigError("DATABASE_URL", f"{redact(url)!r} names no database (postgres://user@host:port/db)")
         socket_dir = parse_qs(parts.query).get("host", [""])[0]
         if socket_dir and not socket_dir.startswith("/"):
-            raise ConfigError("DATABASE_URL", f"{url!r}: ?host= must be a socket directory (an absolute path)")
+            raise ConfigError("DATABASE_URL", f"{redact(url)!r}: ?host= must be a socket directory (an absolute path)")
         return DatabaseConfig(
             engine="postgres",
             host=socket_dir or parts.hostname or "127.0.0.1",
@@ -140,18 +142,18 @@ def _check_redis_url(url: str) -> str:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise ConfigError("REDIS_URL", f"cannot parse {url!r}") from None
+        raise ConfigError("REDIS_URL", f"cannot parse {redact(url)!r}") from None
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ConfigError("REDIS_URL", f"unsupported scheme {parts.scheme or '(none)'!r}: use redis://host:port/db")
     if parts.scheme == "unix":
         if not parts.path:
-            raise ConfigError("REDIS_URL", f"{url!r} names no socket path")
+            raise ConfigError("REDIS_URL", f"{redact(url)!r} names no socket path")
         return url
     if not parts.hostname:
-        raise ConfigError("REDIS_URL", f"{url!r} names no host")
+        raise ConfigError("REDIS_URL", f"{redact(url)!r} names no host")
     db = parts.path.lstrip("/")
     if db and not db.isdigit():
-        raise ConfigError("REDIS_URL", f"{url!r}: the database must be a number")
+        raise ConfigError("REDIS_URL", f"{redact(url)!r}: the database must be a number")
     del port
     return url
 
@@ -162,11 +164,11 @@ def _parse_smtp_url(url: str) -> SmtpConfig:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise ConfigError("SMTP_URL", f"cannot parse {url!r}") from None
+        raise ConfigError("SMTP_URL", f"cannot parse {redact(url)!r}") from None
     if parts.scheme not in ("smtp", "smtps"):
         raise ConfigError("SMTP_URL", f"unsupported scheme {parts.scheme or '(none)'!r}: use smtp:// or smtps://")
     if not parts.hostname:
-        raise ConfigError("SMTP_URL", f"{url!r} names no host")
+        raise ConfigError("SMTP_URL", f"{redact(url)!r} names no host")
     implicit = parts.scheme == "smtps"
     return SmtpConfig(
         host=parts.hostname,
@@ -174,8 +176,33 @@ def _parse_smtp_url(url: str) -> SmtpConfig:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
         use_tls=implicit,
-        start_tls="starttls=1" in parts.query or "starttls=true" in parts.query,
+        start_tls=None if implicit else _starttls_choice(url, parts.query),
     )
+
+
+def _starttls_choice(url: str, query: str) -> bool | None:
+    values = parse_qs(query).get("starttls")
+    if not values:
+        return None
+    value = values[-1].lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise ConfigError("SMTP_URL", f"{redact(url)!r}: starttls must be 1 or 0, not {value!r}")
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced, fit to print in a log or an error."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _secret_key(data_dir: Path) -> str:
@@ -186,17 +213,24 @@ def _secret_key(data_dir: Path) -> str:
             raise ConfigError("SECRET_KEY", "must be at least 16 characters")
         return key
     key_file = data_dir / "secret_key"
-    if key_file.exists():
-        return key_file.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
-    # O_EXCL: two processes starting at once agree on the first key written.
-    try:
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return key_file.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key)
+    if not key_file.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # Written whole to a private temporary file, then linked into place: a process
+        # starting at the same moment sees either no key or the complete one, and the
+        # first link wins, so every process agrees on one key.
+        fd, temporary = tempfile.mkstemp(dir=data_dir, prefix=".secret_key.")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
+            try:
+                os.link(temporary, key_file)
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(temporary)
+    key = key_file.read_text().strip()
+    if len(key) < 16:
+        raise ConfigError("SECRET_KEY", f"{key_file} holds no usable key: delete it to generate a new one")
     return key
 
 
@@ -239,5 +273,7 @@ def read_settings() -> Settings:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process's settings, read once."""
+    """The process's settings, read once (after `.env`, so `arq` or an ASGI server started
+    directly sees the same configuration as the `leadkiln` command)."""
+    load_dotenv_file()
     return read_settings()

@@ -7,7 +7,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
-from content.chains import EnrollmentDue, due_enrollments, send_job_id
+from content.chains import EnrollmentDue, due_enrollments, send_job_id, utcnow
 from content.delivery import report_stuck_deliveries, send_due_step
 from scoring.service import rescore_lead as rescore_lead_service
 
@@ -16,7 +16,10 @@ log = logging.getLogger("leadkiln.worker")
 
 async def enqueue_send(redis: ArqRedis, due: EnrollmentDue) -> bool:
     """Queue a step for its due time; False if that job is already queued."""
-    job = await redis.enqueue_job("send_step", due.enrollment_id, _job_id=send_job_id(due), _defer_until=due.due_at)
+    # An overdue step runs now: a due time in the past would give the job a negative
+    # expiry, which Redis refuses (a worker that was down for a day).
+    defer_until = due.due_at if due.due_at > utcnow() else None
+    job = await redis.enqueue_job("send_step", due.enrollment_id, _job_id=send_job_id(due), _defer_until=defer_until)
     return job is not None
 
 
@@ -25,7 +28,7 @@ async def send_step(ctx: dict[str, Any], enrollment_id: int) -> str:
     result = await send_due_step(enrollment_id, ctx["relay"])
     if result.next_due is not None:
         await enqueue_send(ctx["redis"], result.next_due)
-    if result.outcome.value in ("retry", "bounced"):
+    if result.outcome.value in ("retry", "bounced", "unknown", "gave_up"):
         log.warning("enrollment %s: %s %s", enrollment_id, result.outcome.value, result.detail)
     return result.outcome.value
 
@@ -40,7 +43,10 @@ async def sweep(ctx: dict[str, Any]) -> int:
     await report_stuck_deliveries()
     queued = 0
     for due in await due_enrollments():
-        queued += await enqueue_send(ctx["redis"], due)
+        try:
+            queued += await enqueue_send(ctx["redis"], due)
+        except Exception:  # noqa: BLE001 - one bad row must not stop the rest of the sweep
+            log.exception("sweeper could not queue enrollment %s", due.enrollment_id)
     if queued:
         log.info("sweeper queued %d due letters", queued)
     return queued

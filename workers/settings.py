@@ -48,7 +48,8 @@ class WorkerSettings:
     """ARQ reads this class: `arq workers.settings.WorkerSettings` or `leadkiln worker`."""
 
     functions = [
-        # keep_result=0: a finished send frees its job id, so a retry can be queued again.
+        # keep_result=0: a finished send frees its job id at once, so the sweeper can queue
+        # the step again if it is still due (a retry after a refusal).
         func(jobs.send_step, keep_result=0, max_tries=5),
         func(jobs.rescore_lead, keep_result=0, max_tries=3),
     ]
@@ -57,4 +58,6 @@ class WorkerSettings:
     on_shutdown = shutdown
     max_jobs = 20
     job_timeout = 120
+    # On SIGTERM, running sends get this long to finish before they are cancelled.
+    job_completion_wait = 30
     health_check_interval = 30

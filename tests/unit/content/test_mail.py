@@ -93,10 +93,24 @@ def test_raw_message_has_every_header_on_one_line() -> None:
 
 @pytest.mark.parametrize("code, permanent", [(550, True), (554, True), (500, True), (451, False), (421, False)])
 def test_smtp_reply_error_tells_permanent_from_temporary(code: int, permanent: bool) -> None:
-    error = SmtpReplyError(code, "mailbox unavailable")
+    error = SmtpReplyError(code, "mailbox unavailable", "rcpt")
     assert error.permanent is permanent
     assert error.code == code
     assert str(error) == f"{code} mailbox unavailable"
+
+
+@pytest.mark.parametrize(
+    "code, stage, bounce",
+    [
+        (550, "rcpt", True),  # the address does not exist: suppress it
+        (451, "rcpt", False),  # try later
+        (550, "mail", False),  # the relay refuses our sender: our problem, not the lead's
+        (530, "connect", False),  # authentication required: a misconfigured relay
+        (554, "data", False),  # the letter was refused: retried, the address stays
+    ],
+)
+def test_only_a_permanent_refusal_of_the_address_is_a_bounce(code: int, stage: str, bounce: bool) -> None:
+    assert SmtpReplyError(code, "refused", stage).recipient_refused is bounce
 
 
 @pytest.mark.parametrize(

@@ -173,7 +173,7 @@ def test_smtp_url_with_port() -> None:
     assert config.host == "relay.example.com"
     assert config.port == 2525
     assert config.use_tls is False
-    assert config.start_tls is False
+    assert config.start_tls is None, "upgraded with STARTTLS whenever the relay offers it"
     assert config.username is None
     assert config.password is None
 
@@ -186,7 +186,7 @@ def test_smtps_defaults_to_port_465_with_implicit_tls() -> None:
     config = _parse_smtp_url("smtps://relay.example.com")
     assert config.port == 465
     assert config.use_tls is True
-    assert config.start_tls is False
+    assert config.start_tls is None
 
 
 def test_smtp_user_and_password_are_unquoted() -> None:
@@ -201,6 +201,21 @@ def test_smtp_starttls_query_turns_starttls_on(query: str) -> None:
     config = _parse_smtp_url(f"smtp://relay.example.com:587?{query}")
     assert config.start_tls is True
     assert config.use_tls is False
+
+
+@pytest.mark.parametrize("query", ["starttls=0", "starttls=false"])
+def test_smtp_starttls_can_be_turned_off_for_a_trusted_relay(query: str) -> None:
+    assert _parse_smtp_url(f"smtp://relay.internal:25?{query}").start_tls is False
+
+
+def test_passwords_never_appear_in_url_errors() -> None:
+    with pytest.raises(ConfigError) as info:
+        _parse_smtp_url("smtp://mailer:hunter2secret@relay.example.com:587?starttls=maybe")
+    assert "hunter2secret" not in str(info.value)
+    assert "starttls must be 1 or 0" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        _parse_database_url("postgres://app:hunter2secret@db:5432/", Path("/tmp"))
+    assert "hunter2secret" not in str(info.value) and "***" in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -236,6 +251,23 @@ def test_secret_key_is_generated_once_with_private_file_mode(
     assert key_file.read_text() == first
     assert len(first) >= 32
     assert _secret_key(data_dir) == first
+
+
+def test_processes_starting_at_once_agree_on_one_complete_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    with ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(lambda _: _secret_key(tmp_path), range(32)))
+    assert len(keys) == 1 and len(keys.pop()) >= 32
+    assert [p.name for p in tmp_path.iterdir()] == ["secret_key"], "no temporary files left behind"
+
+
+def test_an_empty_key_file_is_a_clear_error_not_an_empty_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    (tmp_path / "secret_key").write_text("")
+    with pytest.raises(ConfigError, match="holds no usable key"):
+        _secret_key(tmp_path)
 
 
 def test_generated_keys_differ_between_data_dirs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
