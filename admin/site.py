@@ -5,6 +5,8 @@ from __future__ import annotations
 from piccolo.apps.user.tables import BaseUser
 from piccolo_admin.endpoints import TableConfig, create_admin
 from piccolo_api.crud.endpoints import OrderBy
+from piccolo_api.crud.validators import Validators
+from starlette.exceptions import HTTPException
 from piccolo_api.session_auth.tables import SessionsBase
 
 from content.tables import Chain, Delivery, Ebook, Enrollment, LandingPage, Offer, Step, Suppression
@@ -12,6 +14,14 @@ from landing.tables import Consent, Conversion, Event, Lead, Topic, Visitor
 from scoring.tables import Score, ScoreHistory, ScoringModel, ScoringRule
 from server.settings import get_settings
 from server.tables import CaughtMail
+
+def _read_only(piccolo_crud, request) -> None:
+    raise HTTPException(status_code=405, detail="This table is a record: it cannot be edited here.")
+
+
+READ_ONLY = Validators(post_single=[_read_only], put_single=[_read_only], patch_single=[_read_only],
+                       delete_single=[_read_only], delete_all=[_read_only])
+"""For tables that record what happened (caught mail): editing them would rewrite history."""
 
 TABLES = [
     TableConfig(Lead, menu_group="Sales", visible_columns=[Lead.id, Lead.email, Lead.first_name, Lead.company, Lead.stage, Lead.source, Lead.created_at],
@@ -36,7 +46,8 @@ TABLES = [
                 visible_filters=[Delivery.status, Delivery.to_address], order_by=[OrderBy(Delivery.id, ascending=False)]),
     TableConfig(Suppression, menu_group="Mail"),
     TableConfig(CaughtMail, menu_group="Mail", visible_columns=[CaughtMail.id, CaughtMail.recipients, CaughtMail.subject, CaughtMail.received_at],
-                visible_filters=[CaughtMail.recipients, CaughtMail.subject], order_by=[OrderBy(CaughtMail.received_at, ascending=False)]),
+                visible_filters=[CaughtMail.recipients, CaughtMail.subject], order_by=[OrderBy(CaughtMail.received_at, ascending=False)],
+                validators=READ_ONLY),
     TableConfig(ScoringRule, menu_group="Scoring"),
     TableConfig(ScoringModel, menu_group="Scoring"),
     TableConfig(ScoreHistory, menu_group="Scoring"),

@@ -21,6 +21,7 @@ from landing.forms import FIELD_LABELS, page_fields, validate_capture
 from landing.service import capture, new_cookie_id, page_by_slug, record_page_view
 from landing.tables import Lead
 from landing.tokens import TokenError, unsign
+from server.settings import get_settings
 
 log = logging.getLogger("leadkiln.landing")
 
@@ -45,7 +46,9 @@ def _visitor_cookie(request: Request) -> tuple[str, list[Cookie]]:
     if 16 <= len(cookie_id) <= 64 and cookie_id.replace("-", "").replace("_", "").isalnum():
         return cookie_id, []
     cookie_id = new_cookie_id()
-    return cookie_id, [Cookie(key=VISITOR_COOKIE, value=cookie_id, max_age=365 * 86400, httponly=True, samesite="lax", path="/")]
+    secure = get_settings().public_url.startswith("https://")
+    return cookie_id, [Cookie(key=VISITOR_COOKIE, value=cookie_id, max_age=365 * 86400, httponly=True, samesite="lax",
+                              path="/", secure=secure)]
 
 
 def _touch(request: Request) -> dict[str, str]:
@@ -131,10 +134,11 @@ class UnsubscribeController(Controller):
     async def confirm(self, token: FromPath[str]) -> Template:
         """Ask before unsubscribing: link scanners follow GETs."""
         try:
-            unsign("unsubscribe", token)
+            lead_id = unsign("unsubscribe", token)
         except TokenError as exc:
             return Template(template_name="landing/unsubscribe.html", context={"error": str(exc)}, status_code=400)
-        return Template(template_name="landing/unsubscribe.html", context={})
+        lead = await Lead.select(Lead.email).where(Lead.id == lead_id).first()
+        return Template(template_name="landing/unsubscribe.html", context={"email": (lead or {}).get("email") or ""})
 
     @post("/{token:str}", status_code=HTTP_200_OK)
     async def unsubscribe(self, token: FromPath[str]) -> Template:

@@ -33,10 +33,12 @@ def normalise_email(raw: str) -> str:
     if len(raw) > EMAIL_MAX:
         raise ValueError(f"An email address has at most {EMAIL_MAX} characters.")
     try:
-        result = validate_email(raw, check_deliverability=False)
+        # ASCII addresses only: a relay without SMTPUTF8 would refuse the others forever.
+        result = validate_email(raw, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise ValueError(f"This email address is not valid: {exc}") from None
-    return result.normalized.lower()
+    # Punycode for an internationalised domain: what every relay and header accepts.
+    return (result.ascii_email or result.normalized).lower()
 
 
 def clean_text(value: str, limit: int, label: str) -> str:

@@ -9,12 +9,14 @@ from pathlib import Path
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
-from litestar import Litestar, asgi
+from litestar import Litestar, Request, Response, asgi
 from litestar.config.csrf import CSRFConfig
-from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Template
 from litestar.template.config import TemplateConfig
 from litestar.types import Receive, Scope, Send
 from piccolo.engine import engine_finder
@@ -54,6 +56,13 @@ def provide_arq(state: State) -> ArqRedis | None:
     return state.arq
 
 
+def not_found(request: Request, exc: NotFoundException) -> Response:
+    """A friendly page for people; JSON for the API and for clients that ask for JSON."""
+    if request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", ""):
+        return Response({"status_code": 404, "detail": exc.detail}, status_code=404)
+    return Template(template_name="landing/not_found.html", status_code=404)
+
+
 def create_app() -> Litestar:
     """Compose the web app from the domains."""
     from admin.site import ADMIN_APP
@@ -88,6 +97,7 @@ def create_app() -> Litestar:
             # which mailbox providers POST without a token (the signed URL is the proof).
             exclude=["^/admin(/|$)", "^/api/", "^/u/", "^/health$"],
         ),
+        exception_handlers={NotFoundException: not_found},
         openapi_config=OpenAPIConfig(title="leadkiln", version="0.1.0", path="/api/schema"),
         request_max_body_size=64 * 1024,
     )

@@ -309,21 +309,24 @@ def demo(host: str, port: int, data_dir: Path | None, delay_minutes: int) -> Non
         password_file = settings.data_dir / "admin-password"
         password = password_file.read_text().strip() if password_file.exists() else None
         password = ensure_admin("admin", password, "admin@leadkiln.localhost")
-        password_file.write_text(password)
-        password_file.chmod(0o600)
+        write_private(password_file, password)
         if not settings.redis_url:
             redis = EmbeddedRedis(settings.data_dir).start()
             os.environ["REDIS_URL"] = redis.url
         if not settings.smtp_url:
-            catcher = MailCatcher(settings.data_dir).start()
+            catcher = MailCatcher(settings.data_dir)
             os.environ["SMTP_URL"] = catcher.url
         env = dict(os.environ)
         python = sys.executable
         from server.embedded import _die_with_parent
 
+        # The children are forked before the catcher's thread starts: preexec_fn in a
+        # process that runs threads can deadlock. The worker connects on its first letter.
         children.append(subprocess.Popen([python, "-m", "server.cli", "serve", "--host", host, "--port", str(port)],
                                          env=env, preexec_fn=_die_with_parent))
         children.append(subprocess.Popen([python, "-m", "server.cli", "worker"], env=env, preexec_fn=_die_with_parent))
+        if catcher is not None:
+            catcher.start()
         if not _wait_healthy(f"http://127.0.0.1:{port}/health" if host in ("0.0.0.0", "::") else f"http://{host}:{port}/health", children):
             fail("the web app did not become healthy; see the messages above")
         pages = asyncio.run(_landing_slugs())
@@ -351,6 +354,14 @@ def demo(host: str, port: int, data_dir: Path | None, delay_minutes: int) -> Non
             redis.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file that only its owner can read, from the first byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
 
 
 async def _landing_slugs() -> list[str]:

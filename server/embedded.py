@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import email
 import email.policy
+import fcntl
 import logging
 import os
 import signal
@@ -118,20 +119,29 @@ class EmbeddedRedis:
         process that started it stops it when it exits.
         """
         state = data_dir / "embedded-redis.port"
-        try:
-            port = int(state.read_text().strip())
-        except (OSError, ValueError):
-            port = 0
-        if port and redis_answers(port):
-            return f"redis://127.0.0.1:{port}/0", None
-        redis = cls(data_dir).start()
-        state.write_text(str(redis.port))
-        redis.state_file = state
-        return redis.url, redis
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # Held while checking and starting: two processes starting at once share one Redis.
+        with open(data_dir / "embedded-redis.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                port = int(state.read_text().strip())
+            except (OSError, ValueError):
+                port = 0
+            if port and redis_answers(port):
+                return f"redis://127.0.0.1:{port}/0", None
+            redis = cls(data_dir).start()
+            state.write_text(str(redis.port))
+            redis.state_file = state
+            return redis.url, redis
 
     def stop(self) -> None:
         if self.state_file is not None:
-            self.state_file.unlink(missing_ok=True)
+            # Only our own port: another process may have written the file since.
+            try:
+                if self.state_file.read_text().strip() == str(self.port):
+                    self.state_file.unlink()
+            except OSError:
+                pass
             self.state_file = None
         process, self.process = self.process, None
         if process is None or process.poll() is not None:

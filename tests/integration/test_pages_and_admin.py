@@ -17,6 +17,21 @@ async def test_unknown_slug_is_a_friendly_404(client, catalog) -> None:
     assert "does not exist" in response.text
 
 
+async def test_unknown_paths_are_a_friendly_page_for_people_and_json_for_the_api(client) -> None:
+    response = await client.get("/no-such-page", headers={"accept": "text/html,application/xhtml+xml"})
+    assert response.status_code == 404 and "does not exist" in response.text
+    response = await client.get("/api/no-such-thing", headers={"accept": "text/html"})
+    assert response.status_code == 404 and response.json()["status_code"] == 404
+
+
+async def test_first_field_in_error_gets_the_focus(client, catalog) -> None:
+    token = await landing_form(client, "seo")
+    response = await client.post("/l/seo", data={"_csrf_token": token, "email": "ok@example.com"})
+    assert response.status_code == 422
+    assert re.search(r'<input[^>]*name="consent"[^>]*autofocus', response.text), "the consent box, the only error"
+    assert response.text.count("autofocus") == 1
+
+
 async def test_bad_email_comes_back_inline_with_input_kept_and_nothing_written(client, catalog) -> None:
     token = await landing_form(client, "seo")
     response = await client.post("/l/seo", data={"_csrf_token": token, "email": "not-an-email", "first_name": "Dora",
@@ -136,6 +151,20 @@ async def test_admin_login_lists_every_table(client) -> None:
     for expected in ("lead", "event", "score", "chain", "step", "offer", "enrollment", "delivery",
                      "suppression", "topic", "ebook", "landing_page", "scoring_rule", "caught_mail"):
         assert expected in names
+
+    # Caught mail is a record of what was sent: readable, never editable.
+    from server.tables import CaughtMail
+
+    await CaughtMail.insert(CaughtMail(sender="a@x.org", recipients="b@x.org", subject="Hello", raw="Subject: Hello"))
+    row_id = (await CaughtMail.select(CaughtMail.id).first())["id"]
+    listed = await client.get("/admin/api/tables/caught_mail/")
+    assert listed.status_code == 200 and listed.json()["rows"][0]["subject"] == "Hello"
+    headers = {"X-CSRFToken": client.cookies.get("csrftoken")}
+    edit = await client.patch(f"/admin/api/tables/caught_mail/{row_id}/", json={"subject": "Forged"}, headers=headers)
+    delete = await client.delete(f"/admin/api/tables/caught_mail/{row_id}/", headers=headers)
+    add = await client.post("/admin/api/tables/caught_mail/", json={"subject": "New", "raw": "x"}, headers=headers)
+    assert (edit.status_code, delete.status_code, add.status_code) == (405, 405, 405)
+    assert [r["subject"] for r in await CaughtMail.select(CaughtMail.subject)] == ["Hello"]
 
 
 async def test_index_lists_published_pages(client, catalog) -> None:

@@ -33,6 +33,16 @@ def test_malformed_emails_are_refused_with_a_reason(raw: str, reason: str) -> No
     assert "Error" not in message
 
 
+def test_a_non_ascii_mailbox_name_is_refused_clearly() -> None:
+    # Most relays lack SMTPUTF8: such an address would fail at every send.
+    with pytest.raises(ValueError, match="This email address is not valid: Internationalized characters before the @-sign"):
+        normalise_email("jörg@example.com")
+
+
+def test_an_internationalised_domain_is_kept_in_its_ascii_form() -> None:
+    assert normalise_email("Jo@Bücher.example") == "jo@xn--bcher-kva.example"
+
+
 def test_overlong_email_is_refused() -> None:
     raw = "x" * 243 + "@example.com"
     assert len(raw) == 255
