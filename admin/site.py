@@ -11,7 +11,7 @@ from piccolo_api.session_auth.tables import SessionsBase
 
 from content.tables import Chain, Delivery, Ebook, Enrollment, LandingPage, Offer, Step, Suppression
 from landing.tables import Consent, Conversion, Event, Lead, Topic, Visitor
-from scoring.tables import Score, ScoreHistory, ScoringModel, ScoringRule
+from scoring.tables import LeadAttribute, Score, ScoreHistory, ScoringModel, ScoringRule
 from server.settings import get_settings
 from server.tables import CaughtMail
 
@@ -27,8 +27,9 @@ TABLES = [
     TableConfig(Lead, menu_group="Sales", visible_columns=[Lead.id, Lead.email, Lead.first_name, Lead.company, Lead.stage, Lead.source, Lead.created_at],
                 visible_filters=[Lead.email, Lead.stage, Lead.source, Lead.owner],
                 order_by=[OrderBy(Lead.created_at, ascending=False)]),
-    TableConfig(Score, menu_group="Sales", visible_columns=[Score.lead, Score.topic, Score.combined, Score.hot, Score.model_version, Score.computed_at],
-                visible_filters=[Score.topic, Score.hot]),
+    TableConfig(Score, menu_group="Sales", visible_columns=[Score.lead, Score.topic, Score.combined, Score.hot, Score.rule_points,
+                                                            Score.model_probability, Score.model_version, Score.computed_at],
+                visible_filters=[Score.topic, Score.hot, Score.model_version], order_by=[OrderBy(Score.combined, ascending=False)]),
     TableConfig(Event, menu_group="Sales", visible_columns=[Event.id, Event.type, Event.lead, Event.topic, Event.occurred_at],
                 visible_filters=[Event.type, Event.lead, Event.topic], order_by=[OrderBy(Event.occurred_at, ascending=False)]),
     TableConfig(Conversion, menu_group="Sales"),
@@ -48,9 +49,15 @@ TABLES = [
     TableConfig(CaughtMail, menu_group="Mail", visible_columns=[CaughtMail.id, CaughtMail.recipients, CaughtMail.subject, CaughtMail.received_at],
                 visible_filters=[CaughtMail.recipients, CaughtMail.subject], order_by=[OrderBy(CaughtMail.received_at, ascending=False)],
                 validators=READ_ONLY),
-    TableConfig(ScoringRule, menu_group="Scoring"),
-    TableConfig(ScoringModel, menu_group="Scoring"),
-    TableConfig(ScoreHistory, menu_group="Scoring"),
+    TableConfig(ScoringRule, menu_group="Scoring", visible_columns=[ScoringRule.id, ScoringRule.name, ScoringRule.kind, ScoringRule.event_type,
+                                                                    ScoringRule.topic, ScoringRule.points, ScoringRule.daily_cap,
+                                                                    ScoringRule.half_life_days, ScoringRule.active]),
+    TableConfig(ScoringModel, menu_group="Scoring", visible_columns=[ScoringModel.version, ScoringModel.algorithm, ScoringModel.active,
+                                                                     ScoringModel.labels, ScoringModel.trained_at],
+                order_by=[OrderBy(ScoringModel.trained_at, ascending=False)]),
+    TableConfig(LeadAttribute, menu_group="Scoring", visible_columns=[LeadAttribute.name, LeadAttribute.kind, LeadAttribute.excluded,
+                                                                      LeadAttribute.note]),
+    TableConfig(ScoreHistory, menu_group="Scoring", visible_filters=[ScoreHistory.lead, ScoreHistory.topic]),
     TableConfig(BaseUser, menu_group="System"),
 ]
 

@@ -27,6 +27,7 @@ class Topic(Table):
     name = Varchar(length=100, unique=True)
     slug = Varchar(length=100, unique=True, index=True)
     description = Text(default="")
+    hot_threshold = Real(default=60.0, help_text="A lead whose combined score (0-100) on this topic reaches this is hot.")
     created_at = Timestamptz(default=TimestamptzNow())
 
     @classmethod
@@ -46,6 +47,7 @@ class Lead(Table):
     """A person identified by a normalised email (or a historical CRM row with none)."""
 
     email = Varchar(length=254, null=True, default=None, unique=True, index=True)
+    external_id = Varchar(length=200, null=True, default=None, help_text="The lead's id in an imported CRM export (unique).")
     first_name = Varchar(length=100, default="")
     last_name = Varchar(length=100, default="")
     company = Varchar(length=200, default="")
@@ -57,6 +59,9 @@ class Lead(Table):
     attributes = JSON(default={}, help_text="Typed attributes imported from a CRM export.")
     stage = Varchar(length=20, choices=LeadStage, default=LeadStage.new, index=True)
     owner = ForeignKey(references=BaseUser, null=True, default=None, on_delete=OnDelete.set_null)
+    topic = ForeignKey(references=Topic, null=True, default=None, on_delete=OnDelete.set_null,
+                       help_text="The topic of first interest (the landing page or the import).")
+    outcome_at = Timestamptz(null=True, default=None, help_text="When the stage became won, qualified or lost.")
     historical = Boolean(default=False, help_text="Imported for training only; never mailed.")
     confirmed = Boolean(default=False)
     created_at = Timestamptz(default=TimestamptzNow(), index=True)

@@ -1,26 +1,25 @@
-"""Point rules: an event's points, decayed by age with a half-life and capped per day."""
+"""Point rules for one lead's events, and how rule points and the model make one 0-100 score.
+
+The arithmetic lives in `scoring.engine` (vectorised, shared with batch rescoring and
+training); this module is its readable face for a single lead and the combining rules.
+"""
 
 from __future__ import annotations
 
-import fnmatch
-from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable, Mapping
+from typing import Any
 
+import numpy as np
 
-@dataclass(frozen=True)
-class Rule:
-    """A scoring rule as plain data."""
+from scoring.engine import NO_TOPIC, EventArrays, LeadArrays, Rule, property_matches, rule_points as batch_rule_points
 
-    id: int
-    name: str
-    event_type: str
-    points: float
-    topic_id: int | None = None
-    property_match: Mapping[str, str] = field(default_factory=dict)
-    daily_cap: int | None = None
-    half_life_days: float = 30.0
+__all__ = ["Contribution", "Rule", "ScoredEvent", "combine", "decay", "explain", "matches", "rule_points"]
+
+MODEL_WEIGHT = 0.6
+"""With an active model, the combined score is 60% model probability and 40% rule points
+(capped at 100): the model ranks, the rules keep what staff know to matter visible."""
 
 
 @dataclass(frozen=True)
@@ -52,11 +51,7 @@ def matches(rule: Rule, event: ScoredEvent, topic_id: int) -> bool:
         return False
     if event.topic_id is not None and event.topic_id != topic_id:
         return False
-    for key, pattern in rule.property_match.items():
-        value = event.properties.get(key)
-        if value is None or not fnmatch.fnmatchcase(str(value), str(pattern)):
-            return False
-    return True
+    return all(property_matches(pattern, event.properties.get(key)) for key, pattern in rule.property_match.items())
 
 
 def decay(age_days: float, half_life_days: float) -> float:
@@ -66,42 +61,58 @@ def decay(age_days: float, half_life_days: float) -> float:
     return 0.5 ** (max(0.0, age_days) / half_life_days)
 
 
+def single_lead(events: Iterable[ScoredEvent], now: datetime, attributes: Mapping[str, Any] | None = None,
+                source: str = "") -> tuple[LeadArrays, EventArrays]:
+    """One lead and its events as the engine's arrays."""
+    events = list(events)
+    type_names = sorted({e.type for e in events})
+    stamp = now.timestamp()
+    leads = LeadArrays(np.array([0]), np.array([stamp]), np.array([stamp]), [attributes or {}], [source], [{}])
+    arrays = EventArrays(
+        lead_row=np.zeros(len(events), dtype=np.int64),
+        type_code=np.array([type_names.index(e.type) for e in events], dtype=np.int64),
+        type_names=type_names,
+        topic=np.array([NO_TOPIC if e.topic_id is None else e.topic_id for e in events], dtype=np.int64),
+        ts=np.array([e.occurred_at.timestamp() for e in events], dtype=float),
+        pricing=np.array([e.type == "page_view" and "pricing" in str(e.properties.get("url", "")) for e in events], dtype=bool),
+        properties=[dict(e.properties) for e in events],
+    )
+    return leads, arrays
+
+
 def rule_points(
     rules: Iterable[Rule], events: Iterable[ScoredEvent], topic_ids: Iterable[int], now: datetime
 ) -> dict[int, list[Contribution]]:
     """Each topic's contributions, largest first; an event without a topic counts for every topic."""
-    events = sorted(events, key=lambda e: e.occurred_at)
-    rules = list(rules)
-    result: dict[int, list[Contribution]] = {}
-    for topic_id in topic_ids:
-        contributions = []
-        for rule in rules:
-            per_day: dict[object, int] = defaultdict(int)
-            total, count = 0.0, 0
-            for event in events:
-                if not matches(rule, event, topic_id):
-                    continue
-                day = event.occurred_at.date()
-                if rule.daily_cap is not None and per_day[day] >= rule.daily_cap:
-                    continue
-                per_day[day] += 1
-                age = (now - event.occurred_at).total_seconds() / 86400
-                total += rule.points * decay(age, rule.half_life_days)
-                count += 1
-            if count:
-                contributions.append(Contribution(rule.id, rule.name, topic_id, total, count))
-        contributions.sort(key=lambda c: abs(c.points), reverse=True)
-        result[topic_id] = contributions
-    return result
+    rules, topic_ids = list(rules), list(topic_ids)
+    leads, arrays = single_lead(events, now)
+    result = batch_rule_points(rules, leads, arrays, topic_ids)
+    return {topic_id: contributions(result.points[:, 0, j], result.counts[:, 0, j], rules, topic_id)
+            for j, topic_id in enumerate(topic_ids)}
 
 
-def combine(points: float) -> float:
-    """Rule points to a 0-100 score (rules only, until a model is active)."""
-    return max(0.0, min(100.0, points))
+def contributions(points: np.ndarray, counts: np.ndarray, rules: list[Rule], topic_id: int) -> list[Contribution]:
+    """One lead-and-topic's rule contributions (from the engine's columns), largest first."""
+    found = [Contribution(rule.id, rule.name, topic_id, float(points[r]), int(counts[r]))
+             for r, rule in enumerate(rules) if counts[r]]
+    found.sort(key=lambda c: abs(c.points), reverse=True)
+    return found
+
+
+def combine(points: float, probability: float | None = None) -> float:
+    """Rule points and the model's probability as one 0-100 score.
+
+    Without a model it is the rule points, clamped; with one, a weighted mean of the
+    probability (as 0-100) and the clamped points.
+    """
+    rules_part = max(0.0, min(100.0, points))
+    if probability is None:
+        return rules_part
+    return round(MODEL_WEIGHT * 100.0 * probability + (1 - MODEL_WEIGHT) * rules_part, 2)
 
 
 def explain(contributions: list[Contribution], limit: int = 5) -> list[dict[str, Any]]:
-    """The top factors in words a sales person reads."""
+    """The top rule factors in words a sales person reads."""
     return [
         {
             "factor": c.rule_name,

@@ -1,63 +1,626 @@
-"""Rescoring a lead: rule points per topic from its events, written as scores and history."""
+"""Scoring in the database: load leads and events, score them, store scores, history and
+"became hot" events; train and promote models; import CRM exports."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
-from landing.tables import Event, Topic
-from scoring.rules import Rule, ScoredEvent, combine, explain, rule_points
-from scoring.tables import Score, ScoreHistory, ScoringRule
+import numpy as np
+from piccolo.engine import engine_finder
+from piccolo.engine.sqlite import SQLiteEngine
 
-DEFAULT_HOT_THRESHOLD = 60
+from landing.tables import Conversion, Event, Lead, Topic
+from scoring import model as models
+from scoring.engine import NO_TOPIC, EventArrays, FeatureSpec, LeadArrays, Rule, describe, feature_matrix, rule_points
+from scoring.importer import ImportOptions, ImportProblem, profile as profile_file, read_rows, typed_value
+from scoring.rules import combine, contributions as rule_contributions, explain as explain_rules
+from scoring.tables import LeadAttribute, Score, ScoreHistory, ScoringModel, ScoringRule
+
+log = logging.getLogger("leadkiln.scoring")
+
+BECAME_HOT = "became_hot"
+LABEL_AFTER_DAYS = 90
+"""A lead with no outcome this many days after it arrived counts as a negative label."""
+POSITIVE_STAGES = ("won", "qualified")
+NEGATIVE_STAGES = ("lost",)
+EXPLAIN_LIMIT = 5
+CHUNK = 20_000
+"""Leads per batch when rescoring everyone: bounded memory whatever the database holds."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# Loading
 
 
 async def load_rules() -> list[Rule]:
     rows = await ScoringRule.select().where(ScoringRule.active == True).output(load_json=True)  # noqa: E712
     return [
-        Rule(
-            id=r["id"],
-            name=r["name"],
-            event_type=r["event_type"],
-            points=r["points"],
-            topic_id=r["topic"],
-            property_match=r["property_match"] or {},
-            daily_cap=r["daily_cap"],
-            half_life_days=r["half_life_days"],
-        )
+        Rule(id=r["id"], name=r["name"], event_type=r["event_type"], points=r["points"], topic_id=r["topic"],
+             property_match=r["property_match"] or {}, daily_cap=r["daily_cap"], half_life_days=r["half_life_days"],
+             kind=r["kind"] or "event")
         for r in rows
     ]
 
 
-async def rescore_lead(lead_id: int, now: datetime | None = None) -> dict[int, float]:
-    """Recompute and store every topic score of one lead; returns combined score by topic."""
-    now = now or datetime.now(timezone.utc)
-    rules = await load_rules()
-    topic_ids = [t["id"] for t in await Topic.select(Topic.id)]
-    event_rows = (
-        await Event.select(Event.type, Event.occurred_at, Event.topic, Event.properties)
-        .where(Event.lead == lead_id)
-        .output(load_json=True)
+@dataclass
+class TopicInfo:
+    id: int
+    name: str
+    hot_threshold: float
+
+
+async def load_topics() -> list[TopicInfo]:
+    rows = await Topic.select(Topic.id, Topic.name, Topic.hot_threshold).order_by(Topic.id)
+    return [TopicInfo(r["id"], r["name"], r["hot_threshold"]) for r in rows]
+
+
+def _epoch_sql(column: str) -> str:
+    if isinstance(engine_finder(), SQLiteEngine):
+        return f"((julianday({column}) - 2440587.5) * 86400.0)"
+    return f"EXTRACT(EPOCH FROM {column})::float8"
+
+
+async def load_batch(lead_filter: str, args: list[Any], now: datetime, property_types: set[str],
+                     as_of: dict[int, float] | None = None) -> tuple[LeadArrays, EventArrays, list[dict[str, Any]]]:
+    """The leads matching `lead_filter` (SQL on table `lead`) and all their events, as arrays.
+
+    Events come back with their times as epoch seconds straight from SQL; properties only
+    for the event types some rule reads them on.
+    """
+    lead_rows = await Lead.raw(
+        f"SELECT id, {_epoch_sql('created_at')} AS created, attributes, source, first_touch, topic, stage, historical, "
+        f"{_epoch_sql('outcome_at')} AS outcome FROM lead WHERE {lead_filter} ORDER BY id", *args
     )
-    events = [ScoredEvent(r["type"], r["occurred_at"], r["topic"], r["properties"] or {}) for r in event_rows]
-    by_topic = rule_points(rules, events, topic_ids, now)
-    combined_by_topic = {}
+    stamp = now.timestamp()
+    ids = np.array([r["id"] for r in lead_rows], dtype=np.int64)
+    leads = LeadArrays(
+        ids=ids,
+        as_of=np.array([(as_of or {}).get(r["id"], stamp) for r in lead_rows], dtype=float),
+        created=np.array([r["created"] or stamp for r in lead_rows], dtype=float),
+        attributes=[_json(r["attributes"]) for r in lead_rows],
+        sources=[r["source"] or "" for r in lead_rows],
+        first_touch=[_json(r["first_touch"]) for r in lead_rows],
+    )
+    if not len(ids):
+        return leads, _no_events(), lead_rows
+    wanted = ", ".join(f"'{t}'" for t in sorted(property_types) if t.replace("_", "").isalnum()) or "''"
+    event_rows = await Event.raw(
+        f"SELECT lead, type, topic, {_epoch_sql('occurred_at')} AS ts, "
+        f"CASE WHEN type = 'page_view' AND CAST(properties AS TEXT) LIKE '%pricing%' THEN 1 ELSE 0 END AS pricing, "
+        f"CASE WHEN type IN ({wanted}) THEN properties ELSE NULL END AS props "
+        f"FROM event WHERE lead IN (SELECT id FROM lead WHERE {lead_filter}) AND type <> '{BECAME_HOT}'", *args
+    )
+    row_of = {int(lead_id): i for i, lead_id in enumerate(ids)}
+    type_names = sorted({r["type"] for r in event_rows})
+    type_index = {t: i for i, t in enumerate(type_names)}
+    events = EventArrays(
+        lead_row=np.array([row_of[r["lead"]] for r in event_rows], dtype=np.int64),
+        type_code=np.array([type_index[r["type"]] for r in event_rows], dtype=np.int64),
+        type_names=type_names,
+        topic=np.array([NO_TOPIC if r["topic"] is None else r["topic"] for r in event_rows], dtype=np.int64),
+        ts=np.array([r["ts"] for r in event_rows], dtype=float),
+        pricing=np.array([bool(r["pricing"]) for r in event_rows], dtype=bool),
+        properties=[r["props"] for r in event_rows] if property_types else None,
+    )
+    return leads, events, lead_rows
+
+
+def _no_events() -> EventArrays:
+    empty = np.zeros(0, dtype=np.int64)
+    return EventArrays(empty, empty, [], empty, np.zeros(0), np.zeros(0, dtype=bool), None)
+
+
+def _json(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    try:
+        loaded = json.loads(value or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+# The active model, cached per process
+
+
+@dataclass
+class ActiveModel:
+    version: str
+    model: models.Model
+
+
+_cache: dict[str, Any] = {"checked": 0.0, "model": None}
+MODEL_CHECK_SECONDS = 10.0
+
+
+async def active_model(fresh: bool = False) -> ActiveModel | None:
+    """The promoted model, or None (rules only); re-read at most every 10 s."""
+    if not fresh and time.monotonic() - _cache["checked"] < MODEL_CHECK_SECONDS:
+        return _cache["model"]
+    row = await ScoringModel.select(ScoringModel.version).where(ScoringModel.active == True).first()  # noqa: E712
+    current: ActiveModel | None = _cache["model"]
+    if row is None:
+        current = None
+    elif current is None or current.version != row["version"]:
+        full = await ScoringModel.objects().where(ScoringModel.version == row["version"]).first()
+        current = ActiveModel(full.version, models.load_model(full.algorithm, full.artifact, full.spec))
+    _cache.update(checked=time.monotonic(), model=current)
+    return current
+
+
+# Scoring
+
+
+@dataclass
+class ScoreRow:
+    lead: int
+    topic: int
+    rule_points: float
+    probability: float | None
+    combined: float
+    hot: bool
+    explanation: list[dict[str, Any]]
+    model_version: str
+
+
+def compute_scores(leads: LeadArrays, events: EventArrays, rules: list[Rule], topics: list[TopicInfo],
+                   active: ActiveModel | None, explain_model: str = "hot") -> list[ScoreRow]:
+    """Every lead's score on every topic. `explain_model`: "all", "hot" (model factors only
+    for hot leads: pred_contrib costs 100x a prediction) or "none"."""
+    topic_ids = [t.id for t in topics]
+    points = rule_points(rules, leads, events, topic_ids)
+    totals = points.total()
+    out: list[ScoreRow] = []
+    for j, topic in enumerate(topics):
+        probability = None
+        matrix = None
+        if active is not None:
+            matrix = feature_matrix(active.model.spec, leads, events, topic.id)
+            probability = active.model.predict(matrix)
+        combined = np.array([combine(float(totals[i, j]), None if probability is None else float(probability[i]))
+                             for i in range(len(leads))])
+        hot = combined >= topic.hot_threshold
+        explain_rows = np.zeros(len(leads), dtype=bool)
+        if active is not None and explain_model != "none":
+            explain_rows = np.ones(len(leads), dtype=bool) if explain_model == "all" else hot
+        model_factors: dict[int, list[dict[str, Any]]] = {}
+        if explain_rows.any() and matrix is not None and probability is not None:
+            rows = np.flatnonzero(explain_rows)
+            contributions = active.model.contributions(matrix[rows])
+            for k, i in enumerate(rows):
+                model_factors[int(i)] = model_explanation(active.model.spec, matrix[i], contributions[k],
+                                                          float(probability[i]), topic.name, leads.attributes[i],
+                                                          leads.sources[i], leads.first_touch[i])
+        for i in range(len(leads)):
+            rules_part = explain_rules(rule_contributions(points.points[:, i, j], points.counts[:, i, j], rules, topic.id),
+                                       EXPLAIN_LIMIT)
+            weight = 1.0 if probability is None else (1 - 0.6)
+            for factor in rules_part:
+                factor["effect"] = round(weight * factor["points"], 1)
+            factors = sorted(rules_part + model_factors.get(i, []), key=lambda f: abs(f["effect"]), reverse=True)
+            out.append(ScoreRow(int(leads.ids[i]), topic.id, round(float(totals[i, j]), 2),
+                                None if probability is None else round(float(probability[i]), 4),
+                                float(combined[i]), bool(hot[i]), factors[: EXPLAIN_LIMIT * 2],
+                                active.version if active else "rules"))
+    return out
+
+
+def model_explanation(spec: FeatureSpec, row: np.ndarray, contributions: np.ndarray, probability: float,
+                      topic_name: str, attributes: dict[str, Any], source: str, first_touch: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model's top factors for one lead: each feature's effect on the 0-100 score."""
+    logit = float(np.log(max(probability, 1e-9) / max(1 - probability, 1e-9)))
+    names = spec.names()
+    factors = []
+    for index in np.argsort(-np.abs(contributions[:-1]))[:EXPLAIN_LIMIT]:
+        value = float(contributions[index])
+        if abs(value) < 1e-6:
+            continue
+        without = 1.0 / (1.0 + np.exp(-(logit - value)))
+        effect = 0.6 * 100.0 * (probability - without)
+        name = names[index]
+        raw = None
+        if name.startswith(("num:", "cat:")):
+            raw = attributes.get(name[4:])
+        elif name == "source":
+            raw = source
+        elif name.startswith("utm:"):
+            raw = first_touch.get(name[4:])
+        factors.append({"factor": name, "source": "model", "effect": round(effect, 1), "log_odds": round(value, 3),
+                        "text": describe(name, float(row[index]), topic_name, raw)})
+    return factors
+
+
+async def _write_scores(rows: list[ScoreRow], now: datetime) -> int:
+    """Upsert the scores; history where the score moved; one became_hot event per crossing."""
+    if not rows:
+        return 0
+    lead_ids = sorted({r.lead for r in rows})
+    previous = {}
+    for start in range(0, len(lead_ids), 5000):
+        part = lead_ids[start:start + 5000]
+        for p in await Score.select(Score.lead, Score.topic, Score.combined, Score.hot).where(Score.lead.is_in(part)):
+            previous[(p["lead"], p["topic"])] = p
+    became_hot = 0
     async with Score._meta.db.transaction():
-        for topic_id, contributions in by_topic.items():
-            points = sum(c.points for c in contributions)
-            combined = combine(points)
-            combined_by_topic[topic_id] = combined
-            values = {
-                Score.rule_points: points,
-                Score.combined: combined,
-                Score.hot: combined >= DEFAULT_HOT_THRESHOLD,
-                Score.explanation: explain(contributions),
-                Score.model_version: "rules",
-                Score.computed_at: now,
-            }
-            await Score.insert(
-                Score(lead=lead_id, topic=topic_id, rule_points=points, combined=combined,
-                      hot=combined >= DEFAULT_HOT_THRESHOLD, explanation=explain(contributions),
-                      model_version="rules", computed_at=now)
-            ).on_conflict(target=(Score.lead, Score.topic), action="DO UPDATE", values=list(values))
-            await ScoreHistory.insert(ScoreHistory(lead=lead_id, topic=topic_id, combined=combined, computed_at=now))
-    return combined_by_topic
+        for start in range(0, len(rows), 500):
+            chunk = rows[start:start + 500]
+            await Score.insert(*[
+                Score(lead=r.lead, topic=r.topic, rule_points=r.rule_points, model_probability=r.probability,
+                      combined=r.combined, hot=r.hot, explanation=r.explanation, model_version=r.model_version,
+                      computed_at=now)
+                for r in chunk
+            ]).on_conflict(
+                target=(Score.lead, Score.topic), action="DO UPDATE",
+                values=[Score.rule_points, Score.model_probability, Score.combined, Score.hot, Score.explanation,
+                        Score.model_version, Score.computed_at],
+            )
+            history = [ScoreHistory(lead=r.lead, topic=r.topic, combined=r.combined, computed_at=now) for r in chunk
+                       if (r.lead, r.topic) not in previous or abs(previous[(r.lead, r.topic)]["combined"] - r.combined) >= 0.5]
+            if history:
+                await ScoreHistory.insert(*history)
+            crossings = [r for r in chunk if r.hot and not (previous.get((r.lead, r.topic)) or {}).get("hot")]
+            if crossings:
+                await Event.insert(*[
+                    Event(type=BECAME_HOT, lead=r.lead, topic=r.topic, occurred_at=now,
+                          properties={"combined": r.combined, "model_version": r.model_version})
+                    for r in crossings
+                ])
+                became_hot += len(crossings)
+    return became_hot
+
+
+async def rescore_lead(lead_id: int, now: datetime | None = None, explain_model: str = "hot") -> dict[int, float]:
+    """Recompute and store every topic score of one lead; returns combined score by topic."""
+    now = now or utcnow()
+    rules = await load_rules()
+    topics = await load_topics()
+    active = await active_model()
+    property_types = {r.event_type for r in rules if r.property_match and r.kind == "event"}
+    leads, events, _ = await load_batch("id = {}", [lead_id], now, property_types)
+    if not len(leads) or not topics:
+        return {}
+    rows = compute_scores(leads, events, rules, topics, active, explain_model)
+    await _write_scores(rows, now)
+    return {r.topic: r.combined for r in rows}
+
+
+@dataclass
+class RescoreReport:
+    leads: int
+    scores: int
+    became_hot: int
+    seconds: float
+    model_version: str
+
+
+async def rescore_all(now: datetime | None = None, chunk: int = CHUNK) -> RescoreReport:
+    """Rescore every lead that can be mailed, in chunks of lead ids: decay shows, new rules apply."""
+    started = time.perf_counter()
+    now = now or utcnow()
+    rules = await load_rules()
+    topics = await load_topics()
+    active = await active_model(fresh=True)
+    property_types = {r.event_type for r in rules if r.property_match and r.kind == "event"}
+    bounds = await Lead.raw("SELECT MIN(id) AS low, MAX(id) AS high FROM lead WHERE historical = {}", False)
+    low, high = bounds[0]["low"], bounds[0]["high"]
+    leads_done = scores = hot = 0
+    if low is not None and topics:
+        for start in range(low, high + 1, chunk):
+            leads, events, _ = await load_batch("id >= {} AND id < {} AND historical = {}", [start, start + chunk, False],
+                                                now, property_types)
+            if not len(leads):
+                continue
+            rows = compute_scores(leads, events, rules, topics, active)
+            hot += await _write_scores(rows, now)
+            leads_done += len(leads)
+            scores += len(rows)
+    return RescoreReport(leads_done, scores, hot, time.perf_counter() - started, active.version if active else "rules")
+
+
+async def top_leads(limit: int = 10) -> dict[str, list[dict[str, Any]]]:
+    """The highest scores per topic, for `leadkiln score`."""
+    out = {}
+    for topic in await load_topics():
+        rows = await Score.select(Score.lead.email, Score.lead.id, Score.combined, Score.hot, Score.explanation).where(
+            Score.topic == topic.id).order_by(Score.combined, ascending=False).limit(limit).output(load_json=True)
+        out[topic.name] = rows
+    return out
+
+
+# Training
+
+
+@dataclass
+class TrainingSet:
+    leads: LeadArrays
+    events: EventArrays
+    labels: np.ndarray
+    topics: list[int | None]
+    times: np.ndarray
+
+
+async def training_set(now: datetime, label_after_days: int = LABEL_AFTER_DAYS) -> TrainingSet:
+    """Labelled leads: won or qualified or converted = 1; lost, or no outcome after
+    `label_after_days`, = 0. Features are taken as of the outcome, never after it."""
+    converted = {r["lead"] for r in await Conversion.select(Conversion.lead)}
+    converted_at = {r["lead"]: r["at"] for r in await Conversion.raw(
+        f"SELECT lead, MIN({_epoch_sql('occurred_at')}) AS at FROM conversion GROUP BY lead")}
+    cutoff = (now - timedelta(days=label_after_days)).timestamp()
+    leads, events, rows = await load_batch("1 = 1", [], now, set())
+    labels, keep, as_of = [], [], {}
+    for i, row in enumerate(rows):
+        stage = row["stage"]
+        created = leads.created[i]
+        if stage in POSITIVE_STAGES or row["id"] in converted:
+            label = 1
+            at = row["outcome"] or converted_at.get(row["id"]) or now.timestamp()
+        elif stage in NEGATIVE_STAGES:
+            label = 0
+            at = row["outcome"] or now.timestamp()
+        elif created <= cutoff and not row["historical"]:
+            label = 0
+            at = created + label_after_days * 86400
+        else:
+            continue
+        labels.append(label)
+        keep.append(i)
+        as_of[i] = at
+    keep_arr = np.array(keep, dtype=np.int64)
+    selected = LeadArrays(leads.ids[keep_arr], np.array([as_of[i] for i in keep], dtype=float), leads.created[keep_arr],
+                          [leads.attributes[i] for i in keep], [leads.sources[i] for i in keep],
+                          [leads.first_touch[i] for i in keep])
+    remap = np.full(len(leads), -1, dtype=np.int64)
+    remap[keep_arr] = np.arange(len(keep))
+    mask = remap[events.lead_row] >= 0 if len(events) else np.zeros(0, dtype=bool)
+    selected_events = EventArrays(remap[events.lead_row[mask]], events.type_code[mask], events.type_names,
+                                  events.topic[mask], events.ts[mask], events.pricing[mask], None)
+    topics = [_primary_topic(rows[i]["topic"], i, events) for i in keep]
+    return TrainingSet(selected, selected_events, np.array(labels, dtype=np.int64), topics, selected.created)
+
+
+def _primary_topic(topic: int | None, row: int, events: EventArrays) -> int | None:
+    if topic is not None:
+        return topic
+    mine = events.topic[(events.lead_row == row) & (events.topic != NO_TOPIC)] if len(events) else np.zeros(0)
+    if not len(mine):
+        return None
+    values, counts = np.unique(mine, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
+def training_matrix(spec: FeatureSpec, data: TrainingSet) -> np.ndarray:
+    """Each labelled lead's features for its own topic of interest."""
+    width = len(spec.names())
+    matrix = np.zeros((len(data.labels), width))
+    for topic in set(data.topics):
+        rows = np.array([i for i, t in enumerate(data.topics) if t == topic])
+        matrix[rows] = feature_matrix(spec, data.leads, data.events, topic)[rows]
+    return matrix
+
+
+@dataclass
+class TrainReport:
+    trained: bool
+    promoted: bool
+    version: str | None
+    algorithm: str | None
+    labels: int
+    positives: int
+    metrics: dict[str, Any]
+    notes: list[str]
+    seconds: float
+
+    def as_json(self) -> dict[str, Any]:
+        return self.__dict__ | {}
+
+
+async def train(now: datetime | None = None, label_after_days: int = LABEL_AFTER_DAYS, exclude: tuple[str, ...] = ()) -> TrainReport:
+    """Train LightGBM and the logistic baseline, validate both on the same data, keep the
+    better one as a new version, and promote it only if it beats the active model there."""
+    started = time.perf_counter()
+    now = now or utcnow()
+    data = await training_set(now, label_after_days)
+    notes: list[str] = []
+    problem = models.label_problem(data.labels)
+    if problem:
+        return TrainReport(False, False, None, None, len(data.labels), int(data.labels.sum()), {}, [problem],
+                           time.perf_counter() - started)
+    excluded = {r["name"] for r in await LeadAttribute.select(LeadAttribute.name).where(LeadAttribute.excluded == True)}  # noqa: E712
+    excluded |= set(exclude)
+    use_events = len(data.events) > 0
+    spec, spec_notes = FeatureSpec.fit(data.leads, excluded, use_events)
+    notes += spec_notes
+    if not use_events:
+        notes.append("no events among the labelled leads: the model reads lead attributes only")
+    matrix = training_matrix(spec, data)
+    validation, holdout, fitted = await asyncio.to_thread(_validate_and_fit, matrix, data, spec)
+    report: dict[str, Any] = {"cv": validation.report(), "cv_scheme": validation.scheme,
+                              "holdout": holdout.report() if holdout else None,
+                              "holdout_scheme": holdout.scheme if holdout else "skipped: the leads' times do not differ"}
+    cv = report["cv"]
+    best = max(models.ALGORITHMS, key=lambda name: cv[name]["roc_auc"])
+    if best != "lightgbm":
+        notes.append(f"LightGBM ({cv['lightgbm']['roc_auc']}) did not beat the logistic baseline "
+                     f"({cv['logistic']['roc_auc']}) on this data: the baseline is the candidate")
+    if cv[best]["roc_auc"] > models.LEAKAGE_AUC:
+        notes.append(f"WARNING: ROC-AUC {cv[best]['roc_auc']} is suspiciously high: look for columns filled in after "
+                     f"the outcome (mark them excluded under Scoring > Lead attributes)")
+    candidate = fitted[best]
+    version = now.strftime("m%Y%m%d-%H%M%S")
+    report["chosen"] = best
+    if best == "lightgbm":
+        report["importances"] = dict(sorted(candidate.importances().items(), key=lambda kv: -kv[1])[:20])
+
+    active = await active_model(fresh=True)
+    promote = True
+    if active is not None:
+        # The same rows the candidate was validated on: its out-of-fold predictions against
+        # the active model's predictions. The active model may have seen these rows in
+        # training, which flatters it: promotion errs on the side of keeping it.
+        active_matrix = training_matrix(active.model.spec, data)
+        active_auc = models.metrics(data.labels, active.model.predict(active_matrix))["roc_auc"]
+        report["active"] = {"version": active.version, "roc_auc_same_rows": active_auc}
+        promote = cv[best]["roc_auc"] > active_auc
+        notes.append(f"{'promoted' if promote else 'not promoted'}: {best} CV ROC-AUC {cv[best]['roc_auc']} vs "
+                     f"active {active.version} {active_auc} on the same {len(data.labels)} leads")
+    async with ScoringModel._meta.db.transaction():
+        if promote:
+            await ScoringModel.update({ScoringModel.active: False}).where(ScoringModel.active == True)  # noqa: E712
+        await ScoringModel.insert(ScoringModel(
+            version=version, algorithm=best, metrics=report, active=promote, trained_at=now, spec=spec.to_json(),
+            artifact=candidate.artifact(), labels=len(data.labels), notes="\n".join(notes)))
+    _cache["checked"] = 0.0
+    return TrainReport(True, promote, version, best, len(data.labels), int(data.labels.sum()), report, notes,
+                       time.perf_counter() - started)
+
+
+def _validate_and_fit(matrix: np.ndarray, data: TrainingSet, spec: FeatureSpec):
+    validation = models.cross_validate(matrix, data.labels, spec)
+    holdout = models.time_holdout(matrix, data.labels, data.times, spec)
+    fitted = {name: algorithm.fit(matrix, data.labels, spec) for name, algorithm in models.ALGORITHMS.items()}  # type: ignore[attr-defined]
+    return validation, holdout, fitted
+
+
+# Import
+
+
+@dataclass
+class ImportReport:
+    rows: int
+    created: int
+    updated: int
+    historical: int
+    labelled: int
+    positives: int
+    skipped: list[str]
+    notes: list[str]
+    encoding: str
+    delimiter: str
+
+
+async def import_leads(options: ImportOptions, batch: int = 500) -> ImportReport:
+    """Import a CRM export in one transaction; rows that cannot be imported are skipped and
+    reported with their line and reason, the rest are written whole or not at all."""
+    from landing.forms import normalise_email
+
+    file = await asyncio.to_thread(profile_file, options)
+    attribute_columns = file.attribute_columns(options)
+    topic_id = await _topic_for_import(options.topic, file.notes) if options.topic else None
+    now = utcnow()
+    created = updated = historical = labelled = positives = 0
+    skipped: list[str] = []
+
+    def stage_of(value: str) -> str:
+        if not value:
+            return "new"
+        return "won" if value == file.positive else "lost"
+
+    async def flush(pending: list[dict[str, Any]]) -> None:
+        nonlocal created, updated
+        emails = [p["email"] for p in pending if p["email"]]
+        ids = [p["external_id"] for p in pending if p["external_id"]]
+        existing: dict[tuple[str, str], int] = {}
+        if emails:
+            for r in await Lead.select(Lead.id, Lead.email).where(Lead.email.is_in(emails)):
+                existing[("email", r["email"])] = r["id"]
+        if ids:
+            for r in await Lead.select(Lead.id, Lead.external_id).where(Lead.external_id.is_in(ids)):
+                existing[("id", r["external_id"])] = r["id"]
+        new = []
+        for p in pending:
+            lead_id = existing.get(("email", p["email"])) or existing.get(("id", p["external_id"]))
+            if lead_id is None:
+                new.append(Lead(email=p["email"], external_id=p["external_id"], historical=p["email"] is None, created_at=now,
+                                stage=p["stage"], topic=topic_id, source="import", attributes=p["attributes"],
+                                outcome_at=now if p["stage"] != "new" else None))
+                continue
+            values = {Lead.attributes: p["attributes"]}
+            if p["stage"] != "new":
+                values |= {Lead.stage: p["stage"], Lead.outcome_at: now}
+            await Lead.update(values).where(Lead.id == lead_id)
+            updated += 1
+        if new:
+            await Lead.insert(*new)
+            created += len(new)
+
+    async with Lead._meta.db.transaction():
+        pending: list[dict[str, Any]] = []
+        seen_in_batch: set[str] = set()
+        rows_iter = read_rows(options.path, file.encoding, file.delimiter)
+        while True:
+            # The CSV is read in a thread, a batch at a time: the event loop stays free.
+            chunk = await asyncio.to_thread(_take, rows_iter, batch)
+            if not chunk:
+                break
+            for line, row in chunk:
+                email = None
+                if options.email_column and row.get(options.email_column):
+                    try:
+                        email = normalise_email(row[options.email_column])
+                    except ValueError as exc:
+                        skipped.append(f"line {line}: {exc}")
+                        continue
+                external_id = (row.get(options.id_column) or "")[:200] or None if options.id_column else None
+                key = email or external_id
+                if key and key in seen_in_batch:
+                    await flush(pending)
+                    pending, seen_in_batch = [], set()
+                if key:
+                    seen_in_batch.add(key)
+                attributes = {}
+                for column in attribute_columns:
+                    value = typed_value(column, row.get(column.name, ""))
+                    if value is not None:
+                        attributes[column.name] = value
+                stage = stage_of(row.get(options.outcome, ""))
+                labelled += stage != "new"
+                positives += stage == "won"
+                historical += email is None
+                pending.append({"email": email, "external_id": external_id, "stage": stage, "attributes": attributes})
+            if len(pending) >= batch:
+                await flush(pending)
+                pending, seen_in_batch = [], set()
+        if pending:
+            await flush(pending)
+        for column in attribute_columns:
+            await LeadAttribute.insert(LeadAttribute(name=column.name[:200], kind=column.kind, updated_at=now)).on_conflict(
+                target=LeadAttribute.name, action="DO UPDATE", values=[LeadAttribute.kind, LeadAttribute.updated_at])
+        for name in options.exclude:
+            await LeadAttribute.insert(LeadAttribute(name=name[:200], excluded=True, note="excluded at import",
+                                                     updated_at=now)).on_conflict(
+                target=LeadAttribute.name, action="DO UPDATE", values=[LeadAttribute.excluded, LeadAttribute.note])
+    if not options.email_column and not options.id_column:
+        file.notes.append("no --email or --id: importing this file again adds its rows again")
+    return ImportReport(file.rows, created, updated, historical, labelled, positives, skipped, file.notes,
+                        file.encoding, file.delimiter)
+
+
+def _take(rows, count: int) -> list:
+    out = []
+    for item in rows:
+        out.append(item)
+        if len(out) >= count:
+            break
+    return out
+
+
+async def _topic_for_import(name: str, notes: list[str]) -> int:
+    row = await Topic.select(Topic.id).where((Topic.name == name) | (Topic.slug == name)).first()
+    if row is not None:
+        return row["id"]
+    slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")[:100] or "imported"
+    rows = await Topic.insert(Topic(name=name[:100], slug=slug)).returning(Topic.id)
+    notes.append(f"created the topic {name!r}")
+    return rows[0]["id"]
+
+
+__all__ = ["ImportOptions", "ImportProblem", "import_leads", "rescore_all", "rescore_lead", "train", "top_leads"]

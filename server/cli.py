@@ -127,6 +127,7 @@ def main(verbose: bool) -> None:
     if not verbose:
         # The catcher's per-command SMTP chatter and the 5-second sweep drown what matters.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
+        logging.getLogger("piccolo.engine.base").setLevel(logging.WARNING)
         logging.getLogger("arq.worker").addFilter(lambda record: "cron:sweep" not in record.getMessage())
 
 
@@ -354,6 +355,131 @@ def demo(host: str, port: int, data_dir: Path | None, delay_minutes: int) -> Non
             redis.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def run_with_database(work: Any) -> Any:
+    """Run `work()` (a coroutine function) with a connection pool when on PostgreSQL."""
+    from piccolo.engine import engine_finder
+    from piccolo.engine.postgres import PostgresEngine
+
+    async def wrapped() -> Any:
+        engine = engine_finder()
+        pooled = isinstance(engine, PostgresEngine)
+        if pooled:
+            await engine.start_connection_pool(max_size=4)
+        try:
+            return await work()
+        finally:
+            if pooled:
+                await engine.close_connection_pool()
+
+    return asyncio.run(wrapped())
+
+
+def _ready_database() -> Settings:
+    settings = settings_or_exit()
+    check_database(settings)
+    run_migrations()
+    return settings
+
+
+@main.command("import-leads")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--outcome", required=True, help="The column that holds the outcome (converted, won …).")
+@click.option("--positive", default=None, help="The outcome value that means success (needed unless the column is yes/no-like).")
+@click.option("--email", "email_column", default=None, help="The column with the lead's email address.")
+@click.option("--id", "id_column", default=None, help="The column with the lead's id in the CRM (re-imports update).")
+@click.option("--exclude", multiple=True, help="A column filled in after the outcome (it leaks it): never stored. Repeatable.")
+@click.option("--topic", default=None, help="The topic these leads were interested in (created if new).")
+def import_leads(file: Path, outcome: str, positive: str | None, email_column: str | None, id_column: str | None,
+                 exclude: tuple[str, ...], topic: str | None) -> None:
+    """Import a CRM export (CSV) as leads with typed attributes and outcome labels.
+
+    Rows without an email become historical leads: used for training, never mailed.
+    """
+    if email_column and id_column:
+        fail("give --email or --id, not both", code=2)
+    _ready_database()
+    from scoring.importer import ImportOptions, ImportProblem
+    from scoring.service import import_leads as run_import
+
+    options = ImportOptions(file, outcome, positive, email_column, id_column, tuple(exclude), topic)
+    try:
+        report = run_with_database(lambda: run_import(options))
+    except ImportProblem as exc:
+        fail(str(exc), code=2)
+    click.echo(f"read {report.rows} rows ({report.encoding}, delimiter {report.delimiter!r}): "
+               f"{report.created} leads created, {report.updated} updated, {report.historical} historical (no email), "
+               f"{report.labelled} with an outcome ({report.positives} positive)")
+    for note in report.notes:
+        click.echo(f"  note: {note}")
+    if report.skipped:
+        click.echo(f"{len(report.skipped)} rows skipped:")
+        for reason in report.skipped:
+            click.echo(f"  {reason}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--label-after-days", default=90, show_default=True, type=click.IntRange(1, 3650),
+              help="A lead with no outcome after this many days counts as negative.")
+@click.option("--exclude", multiple=True, help="An attribute to leave out of this training. Repeatable.")
+def train(as_json: bool, label_after_days: int, exclude: tuple[str, ...]) -> None:
+    """Train LightGBM and the logistic baseline; promote the better one if it beats the active model."""
+    import json
+
+    _ready_database()
+    from scoring.service import train as run_train
+
+    report = run_with_database(lambda: run_train(label_after_days=label_after_days, exclude=tuple(exclude)))
+    if as_json:
+        click.echo(json.dumps(report.as_json(), indent=2, default=str))
+    else:
+        click.echo(_training_summary(report))
+    if not report.trained:
+        raise SystemExit(1)
+
+
+def _training_summary(report: Any) -> str:
+    if not report.trained:
+        return "\n".join(["no model trained:"] + [f"  {n}" for n in report.notes])
+    cv = report.metrics["cv"]
+    lines = [f"model {report.version}: {report.algorithm}, {report.labels} labelled leads ({report.positives} positive), "
+             f"{report.seconds:.1f}s", f"  {report.metrics['cv_scheme']}:"]
+    for name in ("lightgbm", "logistic"):
+        m = cv[name]
+        lines.append(f"    {name:9s} ROC-AUC {m['roc_auc']:.4f}  PR-AUC {m['pr_auc']:.4f}  log loss {m['log_loss']:.4f}  "
+                     f"Brier {m['brier']:.4f}  top-decile lift {m['lift_top_decile']}")
+    holdout = report.metrics.get("holdout")
+    if holdout:
+        lines.append(f"  {report.metrics['holdout_scheme']}: " + ", ".join(
+            f"{name} ROC-AUC {holdout[name]['roc_auc']:.4f}" for name in ("lightgbm", "logistic")))
+    else:
+        lines.append(f"  time holdout {report.metrics['holdout_scheme']}")
+    lines.append(f"  {'promoted: now scoring with it' if report.promoted else 'not promoted: the active model stays'}")
+    lines += [f"  note: {n}" for n in report.notes]
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--top", default=10, show_default=True, type=click.IntRange(1, 1000), help="Leads shown per topic.")
+def score(top: int) -> None:
+    """Rescore every lead now and print the top leads per topic with their reasons."""
+    _ready_database()
+    from scoring.service import rescore_all, top_leads
+
+    async def work() -> tuple[Any, Any]:
+        return await rescore_all(), await top_leads(top)
+
+    report, leaders = run_with_database(work)
+    click.echo(f"rescored {report.leads} leads ({report.scores} scores, model {report.model_version}) in "
+               f"{report.seconds:.1f}s; {report.became_hot} became hot")
+    for topic, rows in leaders.items():
+        click.echo(f"\n{topic}:")
+        for row in rows:
+            reasons = "; ".join(f"{f['text']} ({f['effect']:+.1f})" for f in (row["explanation"] or [])[:3])
+            flag = "HOT " if row["hot"] else "    "
+            click.echo(f"  {flag}{row['combined']:5.1f}  {row['lead.email'] or '#' + str(row['lead.id'])}  {reasons}")
 
 
 def write_private(path: Path, text: str) -> None:

@@ -51,7 +51,8 @@ async def seed_demo(delay_minutes: int = 1, historical_leads: int = 150, seed: i
     topic_ids = []
     async with Topic._meta.db.transaction():
         for spec in TOPICS:
-            topic = Topic(name=spec["name"], slug=spec["slug"], description=f"Everything about {spec['name']}.")
+            topic = Topic(name=spec["name"], slug=spec["slug"], description=f"Everything about {spec['name']}.",
+                          hot_threshold=30)
             await topic.save()
             topic_ids.append(topic.id)
             ebook = Ebook(title=spec["ebook"], slug=f"{spec['slug']}-ebook", topic=topic.id,

@@ -9,6 +9,7 @@ from arq.connections import ArqRedis
 
 from content.chains import EnrollmentDue, due_enrollments, send_job_id, utcnow
 from content.delivery import report_stuck_deliveries, send_due_step
+from scoring.service import rescore_all, train
 from scoring.service import rescore_lead as rescore_lead_service
 
 log = logging.getLogger("leadkiln.worker")
@@ -36,6 +37,22 @@ async def send_step(ctx: dict[str, Any], enrollment_id: int) -> str:
 async def rescore_lead(ctx: dict[str, Any], lead_id: int) -> None:
     """Recompute a lead's topic scores after a new event."""
     await rescore_lead_service(lead_id)
+
+
+async def rescore_everyone(ctx: dict[str, Any]) -> int:
+    """Rescore every lead, so decay shows and rule changes apply."""
+    report = await rescore_all()
+    log.info("rescored %d leads in %.1fs (model %s); %d became hot", report.leads, report.seconds,
+             report.model_version, report.became_hot)
+    return report.leads
+
+
+async def train_model(ctx: dict[str, Any]) -> str:
+    """Nightly: train on the outcomes sales recorded; promote only a better model."""
+    report = await train()
+    for note in report.notes:
+        log.info("training: %s", note)
+    return report.version or "no model"
 
 
 async def sweep(ctx: dict[str, Any]) -> int:

@@ -53,7 +53,12 @@ class WorkerSettings:
         func(jobs.send_step, keep_result=0, max_tries=5),
         func(jobs.rescore_lead, keep_result=0, max_tries=3),
     ]
-    cron_jobs = [cron(jobs.sweep, second=set(range(0, 60, 5)), run_at_startup=True, unique=True, keep_result=0)]
+    cron_jobs = [
+        cron(jobs.sweep, second=set(range(0, 60, 5)), run_at_startup=True, unique=True, keep_result=0),
+        # Hourly: decay moves scores slowly; a new event rescores its lead at once anyway.
+        cron(jobs.rescore_everyone, minute=17, second=0, unique=True, timeout=1800, keep_result=0),
+        cron(jobs.train_model, hour=3, minute=41, second=0, unique=True, timeout=3600, keep_result=0),
+    ]
     on_startup = startup
     on_shutdown = shutdown
     max_jobs = 20
