@@ -75,7 +75,7 @@ async def capture(
         inserted = (
             await Lead.insert(
                 Lead(email=form.email, source=touch.get("utm_source") or "landing", first_touch=touch,
-                     last_touch=touch, created_at=now, **form.fields)
+                     last_touch=touch, created_at=now, topic=topic.id, **form.fields)
             )
             .on_conflict(target=Lead.email, action="DO NOTHING")
             .returning(Lead.id)

@@ -95,8 +95,6 @@ def _float(value: str) -> float | None:
 
 def detect_format(path: Path) -> tuple[str, str]:
     """The file's encoding and delimiter, from its first 256 KB."""
-    from charset_normalizer import from_bytes
-
     with open(path, "rb") as handle:
         sample = handle.read(SAMPLE_BYTES)
     if not sample.strip():
@@ -112,8 +110,7 @@ def detect_format(path: Path) -> tuple[str, str]:
             if exc.start >= len(sample) - 3:
                 encoding = "utf-8"
             else:
-                best = from_bytes(sample).best()
-                encoding = best.encoding if best is not None else "latin-1"
+                encoding = _legacy_encoding(sample)
     text = sample.decode(encoding, errors="ignore")
     first_lines = "\n".join(text.splitlines()[:50])
     try:
@@ -122,6 +119,54 @@ def detect_format(path: Path) -> tuple[str, str]:
         header = text.splitlines()[0] if text else ""
         delimiter = max(",;\t|", key=header.count)
     return encoding, delimiter
+
+
+LEGACY_ENCODINGS = ("cp1252", "cp1251", "iso8859_15", "cp1250", "koi8_r")
+"""The 8-bit encodings spreadsheets still export in; tried beside charset-normalizer's guess."""
+
+
+def _legacy_encoding(sample: bytes) -> str:
+    """The 8-bit encoding under which the sample reads as plausible words.
+
+    Statistical detectors confuse close code pages on short samples (cp1251 against
+    mac-cyrillic or cp1252); words decide better: one alphabet per word, and Latin words
+    made mostly of accented letters are what a wrong code page produces.
+    """
+    from charset_normalizer import from_bytes
+
+    guess = from_bytes(sample).best()
+    candidates = list(LEGACY_ENCODINGS[:2]) + ([guess.encoding] if guess is not None else []) + list(LEGACY_ENCODINGS[2:])
+    best, best_score = "latin-1", -1.0
+    for encoding in candidates:
+        try:
+            text = sample.decode(encoding)
+        except (UnicodeDecodeError, LookupError):
+            continue
+        score = _plausibility(text)
+        if score > best_score + 1e-9:
+            best, best_score = encoding, score
+    return best
+
+
+def _plausibility(text: str) -> float:
+    """Share of the words with non-ASCII characters that look like real words."""
+    import unicodedata
+
+    words = [w for w in text.split() if any(ord(ch) > 127 for ch in w)]
+    if not words:
+        return 1.0
+    good = 0
+    for word in words:
+        letters = [ch for ch in word if ch.isalpha()]
+        if not letters:
+            continue
+        scripts = {unicodedata.name(ch, "?").split()[0] for ch in letters}
+        if len(scripts) != 1:
+            continue
+        if scripts == {"LATIN"} and sum(ord(ch) > 127 for ch in letters) * 2 >= len(letters):
+            continue
+        good += 1
+    return good / len(words)
 
 
 def read_rows(path: Path, encoding: str, delimiter: str) -> Iterator[tuple[int, dict[str, str]]]:

@@ -151,7 +151,7 @@ async def active_model(fresh: bool = False) -> ActiveModel | None:
     if row is None:
         current = None
     elif current is None or current.version != row["version"]:
-        full = await ScoringModel.objects().where(ScoringModel.version == row["version"]).first()
+        full = await ScoringModel.objects().output(load_json=True).where(ScoringModel.version == row["version"]).first()
         current = ActiveModel(full.version, models.load_model(full.algorithm, full.artifact, full.spec))
     _cache.update(checked=time.monotonic(), model=current)
     return current

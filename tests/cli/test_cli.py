@@ -30,7 +30,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
                           env={**base, **(env or {})})
 
 
-@pytest.mark.parametrize("command", ["demo", "serve", "worker", "migrate", "createadmin"])
+@pytest.mark.parametrize("command", ["demo", "serve", "worker", "migrate", "createadmin", "import-leads", "train", "score"])
 def test_every_command_has_help(command: str) -> None:
     result = run_cli(command, "--help")
     assert result.returncode == 0

@@ -16,7 +16,7 @@ import httpx
 # Children first, so deletes never trip a foreign key.
 TABLES_IN_DELETE_ORDER = [
     "delivery", "enrollment", "offer", "step", "chain", "landing_page", "ebook",
-    "score_history", "score", "scoring_model", "scoring_rule",
+    "score_history", "score", "scoring_model", "scoring_rule", "lead_attribute",
     "consent", "conversion", "event", "visitor", "lead", "topic",
     "caught_mail", "suppression", "sessions", "piccolo_user",
 ]
