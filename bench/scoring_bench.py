@@ -274,10 +274,39 @@ class Profiler:
 async def bench(args: argparse.Namespace, results: dict[str, Any]) -> None:
     from landing.tables import Event, Lead
     from scoring import service
-    from scoring.engine import feature_matrix, rule_points
-    from scoring.model import LightGBMModel
+    from scoring import model as model_module
+    from scoring.engine import FeatureSpec, feature_matrix, rule_points
+    from scoring.model import ALGORITHMS, LightGBMModel
 
     rng = np.random.default_rng(args.seed + 1)
+
+    async def training_breakdown() -> None:
+        """train()'s parts timed apart: loading, the matrix, and one fit of each algorithm on all
+        labels (train() does 7 of each: 5 CV folds at 80%, the time holdout at 80%, the final fit)."""
+        t = time.perf_counter()
+        data = await service.training_set(service.utcnow())
+        t_set = time.perf_counter() - t
+        spec, _ = FeatureSpec.fit(data.leads, set(), len(data.events) > 0)
+        t = time.perf_counter()
+        matrix = service.training_matrix(spec, data)
+        t_matrix = time.perf_counter() - t
+        fits = {}
+        for name, algorithm in ALGORITHMS.items():
+            t = time.perf_counter()
+            await asyncio.to_thread(algorithm.fit, matrix, data.labels, spec)
+            fits[name] = time.perf_counter() - t
+        # The same LightGBM fit with one thread: OpenMP threads that wait on a busy core spin.
+        original = model_module.lightgbm_params
+        model_module.lightgbm_params = lambda rows: original(rows) | {"num_threads": 1}
+        try:
+            t = time.perf_counter()
+            await asyncio.to_thread(LightGBMModel.fit, matrix, data.labels, spec)
+            fits["lightgbm, num_threads=1"] = time.perf_counter() - t
+        finally:
+            model_module.lightgbm_params = original
+        line("  its parts: training_set (load)", f"{t_set:.1f} s ({len(data.labels):,} leads, {len(data.events):,} events)")
+        line("  its parts: training_matrix", f"{t_matrix:.1f} s ({matrix.shape[0]:,} x {matrix.shape[1]})")
+        line("  its parts: one fit on all labels", ", ".join(f"{k} {v:.1f} s" for k, v in fits.items()))
 
     # 3. Training
     print("\n[3] training: scoring.service.train()")
@@ -310,6 +339,9 @@ async def bench(args: argparse.Namespace, results: dict[str, Any]) -> None:
             line("note", note)
     results["cv"] = report.metrics.get("cv", {}) if report.trained else {}
     results["promoted"] = report.promoted
+    if report.trained:
+        await training_breakdown()
+    line("load average (1 min) after training", f"{os.getloadavg()[0]:.2f}")
 
     # 4. Batch rescoring
     print("\n[4] batch rescoring: scoring.service.rescore_all()")
@@ -450,6 +482,14 @@ async def bench(args: argparse.Namespace, results: dict[str, Any]) -> None:
         t6 = time.perf_counter()
         for key, value in zip(steps, (t1 - t, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
             steps[key].append(value)
+    # What one query costs on this engine (Piccolo on SQLite opens a connection per query).
+    samples = []
+    for _ in range(200):
+        t = time.perf_counter()
+        await Lead.raw("SELECT 1")
+        samples.append(time.perf_counter() - t)
+    line("one Piccolo query (SELECT 1), for scale", f"median {np.median(samples) * 1000:.2f} ms, "
+         f"p99 {np.percentile(samples, 99) * 1000:.2f} ms")
     line("its steps, median (p99) ms", ", ".join(f"{k} {np.median(v) * 1000:.2f} ({np.percentile(v, 99) * 1000:.2f})"
                                                  for k, v in steps.items()))
 
@@ -515,6 +555,7 @@ def summary(args: argparse.Namespace, generated: Generated, results: dict[str, A
         rows.append(("training (train(), CV + holdout + fit)", "(reported)", f"{results['train_seconds']:.1f} s", auc,
                      "", "promoted" if results.get("promoted") else "not promoted"))
     rows.append(("data generation (sqlite3)", "-", f"{generated.seconds:.1f} s", "", "", ""))
+    rows.append(("load average (1 min) at the end", "-", f"{os.getloadavg()[0]:.2f}", f"{os.cpu_count()} cores", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for k, r in enumerate(rows):
         print("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
@@ -537,7 +578,7 @@ def main(argv: list[str] | None = None) -> None:
     print("leadkiln scoring benchmark")
     line("python / numpy / lightgbm / sqlite", f"{platform.python_version()} / {np.__version__} / {lightgbm.__version__} / "
          f"{sqlite3.sqlite_version}")
-    line("cores", str(os.cpu_count()))
+    line("cores / load average (1 min)", f"{os.cpu_count()} / {os.getloadavg()[0]:.2f}")
     line("data dir", str(data_dir))
     line("size", f"{args.leads:,} leads, {args.events:,} events, {args.single} single-lead rescorings")
 

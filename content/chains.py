@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 from content.tables import (
     Chain,
@@ -16,6 +17,10 @@ from content.tables import (
     EnrollmentStatus,
     Step,
 )
+
+
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
 
 
 def utcnow() -> datetime:
@@ -126,3 +131,15 @@ async def due_enrollments(now: datetime | None = None, limit: int = 10_000) -> l
         for r in rows
         if (r["id"], r["next_position"]) not in busy
     ]
+
+
+async def queue_send(redis: "ArqRedis", due: EnrollmentDue) -> bool:
+    """Queue a step's send job for its due time; False if that job is already queued.
+
+    Called only after the transaction that made the step due has committed.
+    """
+    # An overdue step runs now: a due time in the past would give the job a negative
+    # expiry, which Redis refuses (a worker that was down for a day).
+    defer_until = due.due_at if due.due_at > utcnow() else None
+    job = await redis.enqueue_job("send_step", due.enrollment_id, _job_id=send_job_id(due), _defer_until=defer_until)
+    return job is not None

@@ -28,7 +28,7 @@ from content.tables import (
     Suppression,
     SuppressionReason,
 )
-from landing.tables import Lead, Topic
+from landing.tables import Event, Lead, Topic
 from landing.tokens import sign
 from scoring.tables import Score
 from server.settings import get_settings
@@ -68,17 +68,23 @@ async def is_suppressed(email: str) -> bool:
     return await Suppression.exists().where(Suppression.email_hash == email_hash(email))
 
 
-async def suppress(email: str, reason: SuppressionReason, detail: str = "") -> None:
-    """Suppress an address at once and stop every chain it is in."""
+async def suppress(email: str, reason: SuppressionReason, detail: str = "") -> int | None:
+    """Suppress an address at once and stop every chain it is in; returns the lead's id when
+    this newly suppressed a known lead (its scores should be recomputed)."""
     async with Suppression._meta.db.transaction():
-        await Suppression.insert(
+        inserted = await Suppression.insert(
             Suppression(email_hash=email_hash(email), reason=reason, detail=detail[:500])
-        ).on_conflict(action="DO NOTHING")
+        ).on_conflict(action="DO NOTHING").returning(Suppression.id)
         lead = await Lead.objects().where(Lead.email == email.strip().lower()).first()
-        if lead is not None:
-            await Enrollment.update(
-                {Enrollment.status: EnrollmentStatus.exited, Enrollment.exit_reason: reason.value, Enrollment.due_at: None}
-            ).where((Enrollment.lead == lead.id) & (Enrollment.status == EnrollmentStatus.active))
+        if lead is None:
+            return None
+        if inserted:
+            # An event too, once: scoring rules can weigh it (an unsubscribe is a strong "not now").
+            await Event.insert(Event(type=reason.value, lead=lead.id, properties={"detail": detail[:200]}))
+        await Enrollment.update(
+            {Enrollment.status: EnrollmentStatus.exited, Enrollment.exit_reason: reason.value, Enrollment.due_at: None}
+        ).where((Enrollment.lead == lead.id) & (Enrollment.status == EnrollmentStatus.active))
+    return lead.id if inserted else None
 
 
 def message_id_for(delivery_id: int, enrollment_id: int, position: int) -> str:

@@ -13,8 +13,8 @@ from litestar.params import FromPath
 from litestar.response import Template
 from litestar.status_codes import HTTP_200_OK, HTTP_404_NOT_FOUND, HTTP_422_UNPROCESSABLE_ENTITY
 
-from content.chains import EnrollmentDue, send_job_id
-from content.delivery import suppress
+from content.chains import EnrollmentDue, queue_send
+from content.delivery import is_suppressed, suppress
 from content.letters import markdown_to_html
 from content.tables import LandingPage, SuppressionReason
 from landing.forms import FIELD_LABELS, page_fields, validate_capture
@@ -35,7 +35,7 @@ async def enqueue_after_commit(arq: ArqRedis | None, lead_id: int, due: Enrollme
         return
     try:
         if due is not None:
-            await arq.enqueue_job("send_step", due.enrollment_id, _job_id=send_job_id(due), _defer_until=due.due_at)
+            await queue_send(arq, due)
         await arq.enqueue_job("rescore_lead", lead_id)
     except Exception:  # noqa: BLE001 - the capture is committed; the sweeper recovers the send.
         log.exception("could not enqueue follow-up work for lead %s", lead_id)
@@ -138,10 +138,13 @@ class UnsubscribeController(Controller):
         except TokenError as exc:
             return Template(template_name="landing/unsubscribe.html", context={"error": str(exc)}, status_code=400)
         lead = await Lead.select(Lead.email).where(Lead.id == lead_id).first()
-        return Template(template_name="landing/unsubscribe.html", context={"email": (lead or {}).get("email") or ""})
+        email = (lead or {}).get("email") or ""
+        if email and await is_suppressed(email):
+            return Template(template_name="landing/unsubscribe.html", context={"done": True, "already": True})
+        return Template(template_name="landing/unsubscribe.html", context={"email": email})
 
     @post("/{token:str}", status_code=HTTP_200_OK)
-    async def unsubscribe(self, token: FromPath[str]) -> Template:
+    async def unsubscribe(self, token: FromPath[str], arq: NamedDependency[ArqRedis | None]) -> Template:
         """Suppress the lead's address and stop its chains at once."""
         try:
             lead_id = unsign("unsubscribe", token)
@@ -149,7 +152,8 @@ class UnsubscribeController(Controller):
             return Template(template_name="landing/unsubscribe.html", context={"error": str(exc)}, status_code=400)
         lead = await Lead.objects().where(Lead.id == lead_id).first()
         if lead is not None and lead.email:
-            await suppress(lead.email, SuppressionReason.unsubscribe, "one-click")
+            if await suppress(lead.email, SuppressionReason.unsubscribe, "one-click") is not None:
+                await enqueue_after_commit(arq, lead.id, None)
         return Template(template_name="landing/unsubscribe.html", context={"done": True})
 
 

@@ -20,6 +20,9 @@ DISTINCT_CAP = 1000
 """Distinct values remembered per column while profiling: enough to tell a category from
 free text, bounded so a 50,000-value column costs no more than a 10-value one."""
 VALUE_MAX = 500
+"""Longest text kept in a lead attribute; longer cells are cut."""
+CATEGORY_MAX = 200
+CELL_MAX = 2000
 TRUE_WORDS = ("1", "true", "yes", "y", "won", "converted")
 csv.field_size_limit(1024 * 1024)
 
@@ -59,6 +62,9 @@ class Column:
             self.numeric += 1
             if not math.isfinite(number):
                 self.not_finite += 1
+        if len(value) > CATEGORY_MAX:
+            # Free text, not a category: never remembered (a 1 MB cell would be 1 MB here).
+            self.many, self.distinct = True, set()
         if not self.many:
             self.distinct.add(value)
             if len(self.distinct) > DISTINCT_CAP:
@@ -177,10 +183,20 @@ def read_rows(path: Path, encoding: str, delimiter: str) -> Iterator[tuple[int, 
             header = [h.strip() for h in next(reader)]
         except StopIteration:
             raise ImportProblem(f"{path.name} has no header row") from None
-        for number, values in enumerate(reader, start=2):
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                # A broken quote or a cell over the size limit: say where, rather than guess.
+                raise ImportProblem(f"{path.name}, line {reader.line_num}: {exc}") from None
             if not any(v.strip() for v in values):
                 continue
-            yield number, {name: (values[i].strip() if i < len(values) else "") for i, name in enumerate(header) if name}
+            # Cells are cut to what any use of them needs, so a batch of rows held for the
+            # writer stays small however large the cells in the file are.
+            yield reader.line_num, {name: (values[i][:CELL_MAX].strip() if i < len(values) else "")
+                                    for i, name in enumerate(header) if name}
 
 
 def header_of(path: Path, encoding: str, delimiter: str) -> list[str]:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from arq.connections import ArqRedis
 
-from content.chains import EnrollmentDue, due_enrollments, send_job_id, utcnow
+from content.chains import due_enrollments, queue_send
 from content.delivery import report_stuck_deliveries, send_due_step
 from scoring.service import rescore_all, train
 from scoring.service import rescore_lead as rescore_lead_service
@@ -15,20 +14,11 @@ from scoring.service import rescore_lead as rescore_lead_service
 log = logging.getLogger("leadkiln.worker")
 
 
-async def enqueue_send(redis: ArqRedis, due: EnrollmentDue) -> bool:
-    """Queue a step for its due time; False if that job is already queued."""
-    # An overdue step runs now: a due time in the past would give the job a negative
-    # expiry, which Redis refuses (a worker that was down for a day).
-    defer_until = due.due_at if due.due_at > utcnow() else None
-    job = await redis.enqueue_job("send_step", due.enrollment_id, _job_id=send_job_id(due), _defer_until=defer_until)
-    return job is not None
-
-
 async def send_step(ctx: dict[str, Any], enrollment_id: int) -> str:
     """Send an enrollment's due letter and queue the next one."""
     result = await send_due_step(enrollment_id, ctx["relay"])
     if result.next_due is not None:
-        await enqueue_send(ctx["redis"], result.next_due)
+        await queue_send(ctx["redis"], result.next_due)
     if result.outcome.value in ("retry", "bounced", "unknown", "gave_up"):
         log.warning("enrollment %s: %s %s", enrollment_id, result.outcome.value, result.detail)
     return result.outcome.value
@@ -61,7 +51,7 @@ async def sweep(ctx: dict[str, Any]) -> int:
     queued = 0
     for due in await due_enrollments():
         try:
-            queued += await enqueue_send(ctx["redis"], due)
+            queued += await queue_send(ctx["redis"], due)
         except Exception:  # noqa: BLE001 - one bad row must not stop the rest of the sweep
             log.exception("sweeper could not queue enrollment %s", due.enrollment_id)
     if queued:

@@ -47,3 +47,25 @@ def test_import_train_json_and_score(tmp_path: Path) -> None:
     assert f"model {report['version']}" in scored.stdout
     assert "Consulting:" in scored.stdout
     assert scored.stdout.count("@example.com") == 3, "the top three mailable leads of the topic"
+
+
+def test_a_1_gb_export_is_streamed_not_loaded_whole(tmp_path: Path) -> None:
+    import resource
+
+    # 1,100 rows of 0.95 MB each: a gigabyte on disk, written in a second or two.
+    path = tmp_path / "huge.csv"
+    notes = "n" * 950_000
+    with open(path, "w") as handle:
+        handle.write("Email,Notes,Visits,Converted\n")
+        for i in range(1100):
+            handle.write(f"big{i}@example.com,{notes},{i % 9},{'Yes' if i % 3 == 0 else 'No'}\n")
+    assert path.stat().st_size > 1_000_000_000
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result = run_cli("import-leads", str(path), "--outcome", "Converted", "--email", "Email", env=_env(tmp_path),
+                     timeout=600)
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    path.unlink()
+    assert result.returncode == 0, result.stderr
+    assert "read 1100 rows" in result.stdout and "1100 leads created" in result.stdout
+    # The largest child so far, this import included: far below the file's size.
+    assert max(before, peak_kib) < 500 * 1024, f"peak RSS {peak_kib} KiB"

@@ -107,6 +107,14 @@ async def test_unsubscribe_get_only_asks_and_post_suppresses_at_once(client, cat
     enrollment = await Enrollment.objects().get(Enrollment.lead == lead.id)
     assert enrollment.status == "exited" and enrollment.due_at is None
 
+    # Posting again changes nothing; the link now says so instead of asking again. The
+    # unsubscribe is one event, which scoring rules can weigh.
+    again = await client.post(link)
+    assert again.status_code == 200
+    assert "already unsubscribed" in (await client.get(link)).text
+    assert await Event.count().where((Event.lead == lead.id) & (Event.type == "unsubscribe")) == 1
+    assert "gus@example.com" in page.text, "the confirmation names the address"
+
 
 async def test_tampered_unsubscribe_token_is_refused(client, catalog) -> None:
     token = sign("unsubscribe", 1)

@@ -116,3 +116,9 @@ def test_empty_files_are_refused(tmp_path: Path, content: bytes, problem: str) -
     path.write_bytes(content)
     with pytest.raises(ImportProblem, match=problem):
         profile(ImportOptions(path, outcome="y"))
+
+
+def test_a_cell_over_the_size_limit_names_its_line(tmp_path: Path) -> None:
+    path = _write(tmp_path / "crm.csv", "notes,y\nshort,1\n" + "x" * (2 * 1024 * 1024) + ",0\n")
+    with pytest.raises(ImportProblem, match=r"crm.csv, line 3: field larger than field limit"):
+        profile(ImportOptions(path, outcome="y"))
