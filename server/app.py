@@ -66,7 +66,7 @@ def not_found(request: Request, exc: NotFoundException) -> Response:
 def create_app() -> Litestar:
     """Compose the web app from the domains."""
     from admin.site import ADMIN_APP
-    from landing.controllers import LandingController, UnsubscribeController, index
+    from landing.controllers import LandingController, UnsubscribeController, favicon, index
 
     @asgi("/admin", is_mount=True, copy_scope=True)
     async def admin(scope: Scope, receive: Receive, send: Send) -> None:
@@ -80,7 +80,7 @@ def create_app() -> Litestar:
 
     settings = get_settings()
     return Litestar(
-        route_handlers=[index, LandingController, UnsubscribeController, health, admin],
+        route_handlers=[index, favicon, LandingController, UnsubscribeController, health, admin],
         dependencies={"arq": Provide(provide_arq, sync_to_thread=False)},
         lifespan=[lifespan],
         template_config=TemplateConfig(directory=TEMPLATE_DIRS, engine=JinjaTemplateEngine),
