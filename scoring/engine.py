@@ -219,7 +219,9 @@ class FeatureSpec:
         if self.use_events:
             names += [f"ev:{k}:topic:{w}d" for k in FEATURE_KINDS for w in WINDOWS]
             names += [f"ev:{k}:any:90d" for k in FEATURE_KINDS]
-            names += ["recency:topic", "recency:any", "active_days:90d", "topics:90d", "age_days"]
+            # No lead age: a lead with no outcome becomes a negative label at a fixed age,
+            # so age would teach the model the labelling rule instead of interest.
+            names += ["recency:topic", "recency:any", "active_days:90d", "topics:90d"]
         names += ["source"] + [f"utm:{key}" for key in self.utm]
         names += [f"num:{name}" for name in self.numeric]
         names += [f"cat:{name}" for name in self.categorical]
@@ -347,8 +349,8 @@ def _event_columns(leads: LeadArrays, events: EventArrays, topic_id: int | None)
     columns.append(_min_per_lead(rows[live], age[live], n))
     days = np.floor(events.ts[recent] / DAY).astype(np.int64)
     columns.append(_distinct_per_lead(rows[recent], days, n))
-    columns.append(_distinct_per_lead(rows[recent], events.topic[recent], n))
-    columns.append((leads.as_of - leads.created) / DAY)
+    with_topic = recent & (events.topic != NO_TOPIC)
+    columns.append(_distinct_per_lead(rows[with_topic], events.topic[with_topic], n))
     return columns
 
 
@@ -362,8 +364,10 @@ def _min_per_lead(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
 def _distinct_per_lead(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     if len(rows) == 0:
         return np.zeros(n)
-    pairs = np.unique(np.column_stack([rows, values.astype(np.int64)]), axis=0)
-    return np.bincount(pairs[:, 0], minlength=n).astype(float)
+    values = values.astype(np.int64)
+    span = int(values.max() - values.min()) + 1
+    keys = np.unique(rows.astype(np.int64) * span + (values - values.min()))
+    return np.bincount(keys // span, minlength=n).astype(float)
 
 
 # Words for sales
@@ -405,8 +409,6 @@ def describe(feature: str, value: float, topic_name: str, raw: Any = None) -> st
         return f"active on {int(value or 0)} days in the last 90"
     if feature == "topics:90d":
         return f"interested in {int(value or 0)} topics lately"
-    if feature == "age_days":
-        return f"a lead for {_days(value, ago=False)}"
     label = feature.split(":", 1)[-1]
     label = {"source": "source", "utm_source": "first came from", "utm_medium": "first came by"}.get(label, label)
     if raw is None or raw == "":
@@ -416,7 +418,6 @@ def describe(feature: str, value: float, topic_name: str, raw: Any = None) -> st
     return f"{label}: {raw}"
 
 
-def _days(value: float, ago: bool = True) -> str:
+def _days(value: float) -> str:
     days = int(round(value))
-    text = "today" if days == 0 and ago else ("1 day" if days == 1 else f"{days} days")
-    return text if text == "today" or not ago else f"{text} ago"
+    return "today" if days == 0 else ("1 day ago" if days == 1 else f"{days} days ago")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 import logging
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from landing.tables import Conversion, Event, Lead, Topic
 from scoring import model as models
 from scoring.engine import NO_TOPIC, EventArrays, FeatureSpec, LeadArrays, Rule, describe, feature_matrix, rule_points
 from scoring.importer import ImportOptions, ImportProblem, profile as profile_file, read_rows, typed_value
-from scoring.rules import combine, contributions as rule_contributions, explain as explain_rules
+from scoring.rules import MODEL_WEIGHT, combine, contributions as rule_contributions, explain as explain_rules
 from scoring.tables import LeadAttribute, Score, ScoreHistory, ScoringModel, ScoringRule
 
 log = logging.getLogger("leadkiln.scoring")
@@ -39,6 +40,34 @@ def utcnow() -> datetime:
 
 
 # Loading
+
+
+CACHE_SECONDS = 10.0
+"""Rules, topics and the active model are re-read at most this often per process: an edit
+in the admin applies within seconds, and a rescore after an event skips three queries."""
+_cache: dict[str, Any] = {}
+
+
+async def _cached(name: str, load: Any, fresh: bool = False) -> Any:
+    hit = _cache.get(name)
+    if not fresh and hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS:
+        return hit[1]
+    value = await load()
+    _cache[name] = (time.monotonic(), value)
+    return value
+
+
+def forget_cached() -> None:
+    """Re-read rules, topics and the model on next use (after training, and in tests)."""
+    _cache.clear()
+
+
+async def cached_rules(fresh: bool = False) -> list[Rule]:
+    return await _cached("rules", load_rules, fresh)
+
+
+async def cached_topics(fresh: bool = False) -> list["TopicInfo"]:
+    return await _cached("topics", load_topics, fresh)
 
 
 async def load_rules() -> list[Rule]:
@@ -138,23 +167,24 @@ class ActiveModel:
     model: models.Model
 
 
-_cache: dict[str, Any] = {"checked": 0.0, "model": None}
-MODEL_CHECK_SECONDS = 10.0
+_loaded_models: dict[str, ActiveModel] = {}
+
+
+async def _load_active_model() -> ActiveModel | None:
+    row = await ScoringModel.select(ScoringModel.version).where(ScoringModel.active == True).first()  # noqa: E712
+    if row is None:
+        return None
+    version = row["version"]
+    if version not in _loaded_models:
+        full = await ScoringModel.objects().output(load_json=True).where(ScoringModel.version == version).first()
+        _loaded_models.clear()
+        _loaded_models[version] = ActiveModel(version, models.load_model(full.algorithm, full.artifact, full.spec))
+    return _loaded_models[version]
 
 
 async def active_model(fresh: bool = False) -> ActiveModel | None:
     """The promoted model, or None (rules only); re-read at most every 10 s."""
-    if not fresh and time.monotonic() - _cache["checked"] < MODEL_CHECK_SECONDS:
-        return _cache["model"]
-    row = await ScoringModel.select(ScoringModel.version).where(ScoringModel.active == True).first()  # noqa: E712
-    current: ActiveModel | None = _cache["model"]
-    if row is None:
-        current = None
-    elif current is None or current.version != row["version"]:
-        full = await ScoringModel.objects().output(load_json=True).where(ScoringModel.version == row["version"]).first()
-        current = ActiveModel(full.version, models.load_model(full.algorithm, full.artifact, full.spec))
-    _cache.update(checked=time.monotonic(), model=current)
-    return current
+    return await _cached("model", _load_active_model, fresh)
 
 
 # Scoring
@@ -186,8 +216,9 @@ def compute_scores(leads: LeadArrays, events: EventArrays, rules: list[Rule], to
         if active is not None:
             matrix = feature_matrix(active.model.spec, leads, events, topic.id)
             probability = active.model.predict(matrix)
-        combined = np.array([combine(float(totals[i, j]), None if probability is None else float(probability[i]))
-                             for i in range(len(leads))])
+        clamped = np.clip(totals[:, j], 0.0, 100.0)
+        combined = clamped if probability is None else np.round(
+            MODEL_WEIGHT * 100.0 * probability + (1 - MODEL_WEIGHT) * clamped, 2)
         hot = combined >= topic.hot_threshold
         explain_rows = np.zeros(len(leads), dtype=bool)
         if active is not None and explain_model != "none":
@@ -203,7 +234,7 @@ def compute_scores(leads: LeadArrays, events: EventArrays, rules: list[Rule], to
         for i in range(len(leads)):
             rules_part = explain_rules(rule_contributions(points.points[:, i, j], points.counts[:, i, j], rules, topic.id),
                                        EXPLAIN_LIMIT)
-            weight = 1.0 if probability is None else (1 - 0.6)
+            weight = 1.0 if probability is None else (1 - MODEL_WEIGHT)
             for factor in rules_part:
                 factor["effect"] = round(weight * factor["points"], 1)
             factors = sorted(rules_part + model_factors.get(i, []), key=lambda f: abs(f["effect"]), reverse=True)
@@ -225,7 +256,7 @@ def model_explanation(spec: FeatureSpec, row: np.ndarray, contributions: np.ndar
         if abs(value) < 1e-6:
             continue
         without = 1.0 / (1.0 + np.exp(-(logit - value)))
-        effect = 0.6 * 100.0 * (probability - without)
+        effect = MODEL_WEIGHT * 100.0 * (probability - without)
         name = names[index]
         raw = None
         if name.startswith(("num:", "cat:")):
@@ -239,57 +270,77 @@ def model_explanation(spec: FeatureSpec, row: np.ndarray, contributions: np.ndar
     return factors
 
 
+WRITE_SLICE = 500
+"""Scores written per transaction: short write locks, so captures never wait long."""
+
+
 async def _write_scores(rows: list[ScoreRow], now: datetime) -> int:
-    """Upsert the scores; history where the score moved; one became_hot event per crossing."""
-    if not rows:
-        return 0
-    lead_ids = sorted({r.lead for r in rows})
-    previous = {}
-    for start in range(0, len(lead_ids), 5000):
-        part = lead_ids[start:start + 5000]
-        for p in await Score.select(Score.lead, Score.topic, Score.combined, Score.hot).where(Score.lead.is_in(part)):
-            previous[(p["lead"], p["topic"])] = p
+    """Upsert the scores; history where a score moved; one became_hot event per crossing.
+
+    Each slice reads the previous scores and writes the new ones in one transaction (rows
+    locked on PostgreSQL; SQLite's IMMEDIATE transaction serialises writers), so two
+    rescorings of one lead at once cannot both record its crossing into hot.
+    """
     became_hot = 0
-    async with Score._meta.db.transaction():
-        for start in range(0, len(rows), 500):
-            chunk = rows[start:start + 500]
-            await Score.insert(*[
-                Score(lead=r.lead, topic=r.topic, rule_points=r.rule_points, model_probability=r.probability,
-                      combined=r.combined, hot=r.hot, explanation=r.explanation, model_version=r.model_version,
-                      computed_at=now)
-                for r in chunk
-            ]).on_conflict(
-                target=(Score.lead, Score.topic), action="DO UPDATE",
-                values=[Score.rule_points, Score.model_probability, Score.combined, Score.hot, Score.explanation,
-                        Score.model_version, Score.computed_at],
-            )
-            history = [ScoreHistory(lead=r.lead, topic=r.topic, combined=r.combined, computed_at=now) for r in chunk
-                       if (r.lead, r.topic) not in previous or abs(previous[(r.lead, r.topic)]["combined"] - r.combined) >= 0.5]
-            if history:
-                await ScoreHistory.insert(*history)
-            crossings = [r for r in chunk if r.hot and not (previous.get((r.lead, r.topic)) or {}).get("hot")]
-            if crossings:
-                await Event.insert(*[
-                    Event(type=BECAME_HOT, lead=r.lead, topic=r.topic, occurred_at=now,
-                          properties={"combined": r.combined, "model_version": r.model_version})
-                    for r in crossings
-                ])
-                became_hot += len(crossings)
+    for start in range(0, len(rows), WRITE_SLICE):
+        async with Score._meta.db.transaction():
+            became_hot += await _write_slice(rows[start:start + WRITE_SLICE], now)
     return became_hot
+
+
+async def _write_slice(chunk: list[ScoreRow], now: datetime) -> int:
+    lead_ids = sorted({r.lead for r in chunk})
+    query = Score.select(Score.lead, Score.topic, Score.combined, Score.hot).where(Score.lead.is_in(lead_ids))
+    if not isinstance(engine_finder(), SQLiteEngine):
+        query = query.lock_rows()
+    previous = {(p["lead"], p["topic"]): p for p in await query}
+    await _upsert(chunk, now)
+    history = [ScoreHistory(lead=r.lead, topic=r.topic, combined=r.combined, computed_at=now) for r in chunk
+               if (r.lead, r.topic) not in previous or abs(previous[(r.lead, r.topic)]["combined"] - r.combined) >= 0.5]
+    if history:
+        await ScoreHistory.insert(*history)
+    crossings = [r for r in chunk if r.hot and not (previous.get((r.lead, r.topic)) or {}).get("hot")]
+    if crossings:
+        await Event.insert(*[
+            Event(type=BECAME_HOT, lead=r.lead, topic=r.topic, occurred_at=now,
+                  properties={"combined": r.combined, "model_version": r.model_version})
+            for r in crossings
+        ])
+    return len(crossings)
+
+
+SCORE_COLUMNS = ("lead", "topic", "rule_points", "model_probability", "combined", "hot", "explanation",
+                 "model_version", "computed_at")
+
+
+async def _upsert(chunk: list[ScoreRow], now: datetime) -> None:
+    """One INSERT … ON CONFLICT statement for the slice (both databases speak it): building a
+    table object per score cost more than the database's work."""
+    placeholders = ", ".join(["(" + ", ".join(["{}"] * len(SCORE_COLUMNS)) + ")"] * len(chunk))
+    updates = ", ".join(f"{c} = excluded.{c}" for c in SCORE_COLUMNS[2:])
+    args: list[Any] = []
+    for r in chunk:
+        args += [r.lead, r.topic, r.rule_points, r.probability, r.combined, r.hot, json.dumps(r.explanation),
+                 r.model_version, now]
+    await Score.raw(f"INSERT INTO score ({', '.join(SCORE_COLUMNS)}) VALUES {placeholders} "
+                    f"ON CONFLICT (lead, topic) DO UPDATE SET {updates}", *args)
 
 
 async def rescore_lead(lead_id: int, now: datetime | None = None, explain_model: str = "hot") -> dict[int, float]:
     """Recompute and store every topic score of one lead; returns combined score by topic."""
     now = now or utcnow()
-    rules = await load_rules()
-    topics = await load_topics()
+    rules = await cached_rules()
+    topics = await cached_topics()
     active = await active_model()
     property_types = {r.event_type for r in rules if r.property_match and r.kind == "event"}
-    leads, events, _ = await load_batch("id = {}", [lead_id], now, property_types)
-    if not len(leads) or not topics:
-        return {}
-    rows = compute_scores(leads, events, rules, topics, active, explain_model)
-    await _write_scores(rows, now)
+    # One transaction for the read and the write: one connection instead of one per query,
+    # and the previous scores cannot change between reading them and writing new ones.
+    async with Score._meta.db.transaction():
+        leads, events, _ = await load_batch("id = {}", [lead_id], now, property_types)
+        if not len(leads) or not topics:
+            return {}
+        rows = compute_scores(leads, events, rules, topics, active, explain_model)
+        await _write_slice(rows, now)
     return {r.topic: r.combined for r in rows}
 
 
@@ -306,8 +357,8 @@ async def rescore_all(now: datetime | None = None, chunk: int = CHUNK) -> Rescor
     """Rescore every lead that can be mailed, in chunks of lead ids: decay shows, new rules apply."""
     started = time.perf_counter()
     now = now or utcnow()
-    rules = await load_rules()
-    topics = await load_topics()
+    rules = await cached_rules(fresh=True)
+    topics = await cached_topics(fresh=True)
     active = await active_model(fresh=True)
     property_types = {r.event_type for r in rules if r.property_match and r.kind == "event"}
     bounds = await Lead.raw("SELECT MIN(id) AS low, MAX(id) AS high FROM lead WHERE historical = {}", False)
@@ -383,18 +434,21 @@ async def training_set(now: datetime, label_after_days: int = LABEL_AFTER_DAYS) 
     mask = remap[events.lead_row] >= 0 if len(events) else np.zeros(0, dtype=bool)
     selected_events = EventArrays(remap[events.lead_row[mask]], events.type_code[mask], events.type_names,
                                   events.topic[mask], events.ts[mask], events.pricing[mask], None)
-    topics = [_primary_topic(rows[i]["topic"], i, events) for i in keep]
+    most_common = _most_common_topic(events, len(leads))
+    topics = [rows[i]["topic"] if rows[i]["topic"] is not None else most_common.get(i) for i in keep]
     return TrainingSet(selected, selected_events, np.array(labels, dtype=np.int64), topics, selected.created)
 
 
-def _primary_topic(topic: int | None, row: int, events: EventArrays) -> int | None:
-    if topic is not None:
-        return topic
-    mine = events.topic[(events.lead_row == row) & (events.topic != NO_TOPIC)] if len(events) else np.zeros(0)
-    if not len(mine):
-        return None
-    values, counts = np.unique(mine, return_counts=True)
-    return int(values[np.argmax(counts)])
+def _most_common_topic(events: EventArrays, n: int) -> dict[int, int]:
+    """Each lead's most frequent event topic (lead row -> topic id), for leads with no topic set."""
+    has = events.topic != NO_TOPIC
+    if not has.any():
+        return {}
+    pairs, counts = np.unique(np.column_stack([events.lead_row[has], events.topic[has]]), axis=0, return_counts=True)
+    order = np.lexsort((-counts, pairs[:, 0]))
+    pairs = pairs[order]
+    first = np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]
+    return {int(row): int(topic) for row, topic in pairs[first]}
 
 
 def training_matrix(spec: FeatureSpec, data: TrainingSet) -> np.ndarray:
@@ -455,7 +509,7 @@ async def train(now: datetime | None = None, label_after_days: int = LABEL_AFTER
         notes.append(f"WARNING: ROC-AUC {cv[best]['roc_auc']} is suspiciously high: look for columns filled in after "
                      f"the outcome (mark them excluded under Scoring > Lead attributes)")
     candidate = fitted[best]
-    version = now.strftime("m%Y%m%d-%H%M%S")
+    version = f"m{now.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     report["chosen"] = best
     if best == "lightgbm":
         report["importances"] = dict(sorted(candidate.importances().items(), key=lambda kv: -kv[1])[:20])
@@ -478,7 +532,7 @@ async def train(now: datetime | None = None, label_after_days: int = LABEL_AFTER
         await ScoringModel.insert(ScoringModel(
             version=version, algorithm=best, metrics=report, active=promote, trained_at=now, spec=spec.to_json(),
             artifact=candidate.artifact(), labels=len(data.labels), notes="\n".join(notes)))
-    _cache["checked"] = 0.0
+    forget_cached()
     return TrainReport(True, promote, version, best, len(data.labels), int(data.labels.sum()), report, notes,
                        time.perf_counter() - started)
 

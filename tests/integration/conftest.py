@@ -48,6 +48,9 @@ async def clean_state(database_pool: None) -> AsyncIterator[None]:
     redis = Redis.from_url(os.environ["REDIS_URL"])
     await redis.flushdb()
     await redis.aclose()
+    from scoring.service import forget_cached
+
+    forget_cached()  # rules, topics and the model of the previous test are gone
     yield
 
 

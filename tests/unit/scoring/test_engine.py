@@ -73,7 +73,7 @@ def test_counts_per_kind_topic_and_window() -> None:
     assert _column(spec, matrix, "ev:page_view:topic:7d") == [0, 1]
     assert _column(spec, matrix, "recency:topic") == pytest.approx([2, 3])
     assert _column(spec, matrix, "active_days:90d") == [4, 1]
-    assert _column(spec, matrix, "topics:90d") == [3, 1]  # topics 1, 2 and "none"
+    assert _column(spec, matrix, "topics:90d") == [2, 1]  # topics 1 and 2; an event without one is no topic
 
 
 def test_events_after_the_outcome_are_never_features() -> None:
