@@ -2,21 +2,49 @@
 
 from __future__ import annotations
 
+import sqlite3
+from typing import Any
+
+import aiosqlite
 from piccolo.conf.apps import AppRegistry
 from piccolo.engine.base import Engine
 from piccolo.engine.postgres import PostgresEngine
-from piccolo.engine.sqlite import SQLiteEngine, SQLiteTransaction, TransactionType
+from piccolo.engine.sqlite import SQLiteEngine, SQLiteTransaction, TransactionType, dict_factory
 
 from server.settings import get_settings
 
 
+IDLE_CONNECTIONS = 4
+"""Open SQLite connections kept for the next transaction, per process."""
+
+
+class _Pooled:
+    """A connection lent to one transaction: closing it gives it back to the engine."""
+
+    def __init__(self, connection: aiosqlite.Connection, engine: "LeadkilnSQLiteEngine") -> None:
+        self._connection = connection
+        self._engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+    async def close(self) -> None:
+        await self._engine.give_back(self._connection)
+
+
 class LeadkilnSQLiteEngine(SQLiteEngine):
-    """SQLite with a busy timeout and IMMEDIATE write transactions.
+    """SQLite with a busy timeout, IMMEDIATE write transactions and reused connections.
 
     A deferred transaction that reads and then writes can fail with "database is
     locked" when another writer got in between; IMMEDIATE takes the write lock up
-    front and the busy timeout makes the others queue instead of failing.
+    front and the busy timeout makes the others queue instead of failing. Piccolo opens
+    a connection (and its thread) for every transaction; a few are kept open instead,
+    which takes about a millisecond off each transaction.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._idle: list[aiosqlite.Connection] = []
 
     def transaction(  # type: ignore[override]
         self,
@@ -26,17 +54,48 @@ class LeadkilnSQLiteEngine(SQLiteEngine):
         return super().transaction(transaction_type=transaction_type, allow_nested=allow_nested)
 
     async def get_connection(self):  # type: ignore[override]
+        while self._idle:
+            connection = self._idle.pop()
+            if connection._connection is not None:  # still open
+                return _Pooled(connection, self)
         # The busy timeout comes from the connection's `timeout`; NORMAL is safe in WAL mode
         # (a power cut may lose the last commits, never corrupt) and spares an fsync per commit.
-        connection = await super().get_connection()
-        await connection.execute("PRAGMA synchronous = NORMAL")
-        return connection
+        connection = aiosqlite.connect(**self.connection_kwargs)
+        # A kept connection's thread must not hold the process open at exit (aiosqlite's
+        # threads are not daemons; its connection is closed by the OS, committed data is safe).
+        connection._thread.daemon = True
+        await connection
+        connection.row_factory = dict_factory  # type: ignore[assignment]
+        await connection.executescript("PRAGMA foreign_keys = 1; PRAGMA synchronous = NORMAL;")
+        return _Pooled(connection, self)
+
+    async def give_back(self, connection: aiosqlite.Connection) -> None:
+        """Keep a connection for the next transaction, unless it is mid-transaction (a
+        rollback that failed) or enough are kept already."""
+        try:
+            reusable = connection._connection is not None and not connection.in_transaction
+        except Exception:  # noqa: BLE001 - a broken connection is closed, not reused
+            reusable = False
+        if reusable and len(self._idle) < IDLE_CONNECTIONS:
+            self._idle.append(connection)
+            return
+        await connection.close()
+
+    async def _run_in_existing_connection(  # type: ignore[override]
+        self, connection, query: str, args: list[Any] | None = None, query_type: str = "generic", table: Any = None
+    ):
+        """A query inside a transaction. Piccolo repeats `PRAGMA foreign_keys = 1` before
+        each one, a round trip to the connection's thread every time; it was set when the
+        connection opened and holds for its life, so it is skipped here."""
+        async with connection.execute(query, args or []) as cursor:
+            return await cursor.fetchall()
 
 
 def _write_ahead_log(path: str) -> None:
     """WAL mode (kept in the file): readers never wait for the writer, commits are cheaper."""
-    import sqlite3
-
+    if sqlite3.sqlite_version_info < (3, 35):
+        # INSERT … ON CONFLICT … RETURNING, which the send ledger and the scores rely on.
+        raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old: leadkiln needs 3.35 or newer")
     connection = sqlite3.connect(path, timeout=30)
     try:
         connection.execute("PRAGMA journal_mode = WAL")
