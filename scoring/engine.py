@@ -310,48 +310,61 @@ def feature_matrix(spec: FeatureSpec, leads: LeadArrays, events: EventArrays, to
 
     `topic_id=None` reads every event as on-topic (a lead with no topic of interest yet).
     """
+    return feature_matrices(spec, leads, events, [topic_id])[0]
+
+
+def feature_matrices(spec: FeatureSpec, leads: LeadArrays, events: EventArrays,
+                     topic_ids: Sequence[int | None]) -> list[np.ndarray]:
+    """`feature_matrix` for several topics, sharing what does not depend on the topic."""
     n = len(leads)
-    columns: list[np.ndarray] = []
-    if spec.use_events:
-        columns += _event_columns(leads, events, topic_id)
-    columns.append(_codes(leads.sources, spec.sources))
+    shared: list[np.ndarray] = [_codes(leads.sources, spec.sources)]
     for key, vocabulary in spec.utm.items():
-        columns.append(_codes([t.get(key) for t in leads.first_touch], vocabulary))
+        shared.append(_codes([t.get(key) for t in leads.first_touch], vocabulary))
     for name in spec.numeric:
-        columns.append(np.array([_number(a.get(name)) for a in leads.attributes], dtype=float))
+        shared.append(np.array([_number(a.get(name)) for a in leads.attributes], dtype=float))
     for name, vocabulary in spec.categorical.items():
-        columns.append(_codes([a.get(name) for a in leads.attributes], vocabulary))
-    if not columns:
-        return np.zeros((n, 0))
-    return np.column_stack(columns) if n else np.zeros((0, len(columns)))
+        shared.append(_codes([a.get(name) for a in leads.attributes], vocabulary))
+    tail = np.column_stack(shared) if n else np.zeros((0, len(shared)))
+    if not spec.use_events:
+        return [tail for _ in topic_ids]
+    events_part = _EventColumns(leads, events)
+    return [np.hstack([events_part.for_topic(topic_id), tail]) for topic_id in topic_ids]
 
 
-def _event_columns(leads: LeadArrays, events: EventArrays, topic_id: int | None) -> list[np.ndarray]:
-    n = len(leads)
-    rows = events.lead_row
-    age = (leads.as_of[rows] - events.ts) / DAY if len(events) else np.zeros(0)
-    live = age >= 0
-    on_topic = live if topic_id is None else live & ((events.topic == topic_id) | (events.topic == NO_TOPIC))
-    kind_masks = {}
-    for kind in FEATURE_KINDS:
-        if kind == "pricing_view":
-            kind_masks[kind] = events.pricing.astype(bool)
-        else:
-            kind_masks[kind] = events.type_code == events.code_of(kind)
-    columns = []
-    for kind in FEATURE_KINDS:
-        for window in WINDOWS:
-            columns.append(np.bincount(rows[on_topic & kind_masks[kind] & (age < window)], minlength=n).astype(float))
-    recent = live & (age < 90)
-    for kind in FEATURE_KINDS:
-        columns.append(np.bincount(rows[recent & kind_masks[kind]], minlength=n).astype(float))
-    columns.append(_min_per_lead(rows[on_topic], age[on_topic], n))
-    columns.append(_min_per_lead(rows[live], age[live], n))
-    days = np.floor(events.ts[recent] / DAY).astype(np.int64)
-    columns.append(_distinct_per_lead(rows[recent], days, n))
-    with_topic = recent & (events.topic != NO_TOPIC)
-    columns.append(_distinct_per_lead(rows[with_topic], events.topic[with_topic], n))
-    return columns
+class _EventColumns:
+    """The event features of a batch: the topic-free parts computed once."""
+
+    def __init__(self, leads: LeadArrays, events: EventArrays) -> None:
+        n = self.n = len(leads)
+        rows = self.rows = events.lead_row
+        age = self.age = (leads.as_of[rows] - events.ts) / DAY if len(events) else np.zeros(0)
+        live = self.live = age >= 0
+        self.topic = events.topic
+        self.kinds = [events.pricing.astype(bool) if kind == "pricing_view" else events.type_code == events.code_of(kind)
+                      for kind in FEATURE_KINDS]
+        self.windows = [live & (age < window) for window in WINDOWS]
+        recent = self.windows[-1] if WINDOWS[-1] == 90 else live & (age < 90)
+        any_topic = [np.bincount(rows[recent & kind], minlength=n) for kind in self.kinds]
+        days = np.floor(events.ts[recent] / DAY).astype(np.int64)
+        with_topic = recent & (events.topic != NO_TOPIC)
+        self.tail = np.column_stack(any_topic + [
+            _min_per_lead(rows[live], age[live], n),
+            _distinct_per_lead(rows[recent], days, n),
+            _distinct_per_lead(rows[with_topic], events.topic[with_topic], n),
+        ]).astype(float) if n else np.zeros((0, len(FEATURE_KINDS) + 3))
+
+    def for_topic(self, topic_id: int | None) -> np.ndarray:
+        n, rows = self.n, self.rows
+        on_topic = self.live if topic_id is None else self.live & ((self.topic == topic_id) | (self.topic == NO_TOPIC))
+        counts = [np.bincount(rows[on_topic & kind & window], minlength=n)
+                  for kind in self.kinds for window in self.windows]
+        recency = _min_per_lead(rows[on_topic], self.age[on_topic], n)
+        if not n:
+            return np.zeros((0, len(counts) + 1 + self.tail.shape[1]))
+        # Column order as in FeatureSpec.names(): counts, any-topic counts, recency on the
+        # topic, recency anywhere, active days, topics.
+        any_counts, rest = self.tail[:, : len(FEATURE_KINDS)], self.tail[:, len(FEATURE_KINDS):]
+        return np.column_stack(counts + [any_counts, recency, rest]).astype(float)
 
 
 def _min_per_lead(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:

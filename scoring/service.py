@@ -18,7 +18,16 @@ from piccolo.engine.sqlite import SQLiteEngine
 
 from landing.tables import Conversion, Event, Lead, Topic
 from scoring import model as models
-from scoring.engine import NO_TOPIC, EventArrays, FeatureSpec, LeadArrays, Rule, describe, feature_matrix, rule_points
+from scoring.engine import (
+    NO_TOPIC,
+    EventArrays,
+    FeatureSpec,
+    LeadArrays,
+    Rule,
+    describe,
+    feature_matrices,
+    rule_points,
+)
 from scoring.importer import ImportOptions, ImportProblem, profile as profile_file, read_rows, typed_value
 from scoring.rules import MODEL_WEIGHT, combine, contributions as rule_contributions, explain as explain_rules
 from scoring.tables import LeadAttribute, Score, ScoreHistory, ScoringModel, ScoringRule
@@ -209,13 +218,17 @@ def compute_scores(leads: LeadArrays, events: EventArrays, rules: list[Rule], to
     topic_ids = [t.id for t in topics]
     points = rule_points(rules, leads, events, topic_ids)
     totals = points.total()
+    n = len(leads)
+    matrices: list[np.ndarray] = []
+    probabilities = None
+    if active is not None:
+        matrices = feature_matrices(active.model.spec, leads, events, topic_ids)
+        # One prediction call for every topic's rows: the call, not the rows, is the cost.
+        probabilities = active.model.predict(np.vstack(matrices))
     out: list[ScoreRow] = []
     for j, topic in enumerate(topics):
-        probability = None
-        matrix = None
-        if active is not None:
-            matrix = feature_matrix(active.model.spec, leads, events, topic.id)
-            probability = active.model.predict(matrix)
+        probability = None if probabilities is None else probabilities[j * n:(j + 1) * n]
+        matrix = matrices[j] if matrices else None
         clamped = np.clip(totals[:, j], 0.0, 100.0)
         combined = clamped if probability is None else np.round(
             MODEL_WEIGHT * 100.0 * probability + (1 - MODEL_WEIGHT) * clamped, 2)
@@ -457,11 +470,11 @@ def _most_common_topic(events: EventArrays, n: int) -> dict[int, int]:
 
 def training_matrix(spec: FeatureSpec, data: TrainingSet) -> np.ndarray:
     """Each labelled lead's features for its own topic of interest."""
-    width = len(spec.names())
-    matrix = np.zeros((len(data.labels), width))
-    for topic in set(data.topics):
+    matrix = np.zeros((len(data.labels), len(spec.names())))
+    topics = sorted(set(data.topics), key=lambda t: (t is None, t or 0))
+    for topic, by_topic in zip(topics, feature_matrices(spec, data.leads, data.events, topics)):
         rows = np.array([i for i, t in enumerate(data.topics) if t == topic])
-        matrix[rows] = feature_matrix(spec, data.leads, data.events, topic)[rows]
+        matrix[rows] = by_topic[rows]
     return matrix
 
 

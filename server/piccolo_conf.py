@@ -66,7 +66,11 @@ class LeadkilnSQLiteEngine(SQLiteEngine):
         connection._thread.daemon = True
         await connection
         connection.row_factory = dict_factory  # type: ignore[assignment]
-        await connection.executescript("PRAGMA foreign_keys = 1; PRAGMA synchronous = NORMAL;")
+        # Checkpoints on these connections only every 10,000 pages (40 MB): a checkpoint in the
+        # commit path was the slowest 1% of short transactions. The worker checkpoints the
+        # log every few seconds off that path (`checkpoint`), so it rarely grows that far.
+        await connection.executescript(
+            "PRAGMA foreign_keys = 1; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 10000;")
         return _Pooled(connection, self)
 
     async def give_back(self, connection: aiosqlite.Connection) -> None:
@@ -89,6 +93,14 @@ class LeadkilnSQLiteEngine(SQLiteEngine):
         connection opened and holds for its life, so it is skipped here."""
         async with connection.execute(query, args or []) as cursor:
             return await cursor.fetchall()
+
+
+async def checkpoint() -> None:
+    """Copy SQLite's write-ahead log back into the database without waiting for anyone
+    (PASSIVE); nothing to do on PostgreSQL."""
+    engine = DB
+    if isinstance(engine, SQLiteEngine):
+        await engine.run_ddl("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def _write_ahead_log(path: str) -> None:

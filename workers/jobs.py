@@ -8,6 +8,7 @@ from typing import Any
 
 from content.chains import due_enrollments, queue_send
 from content.delivery import report_stuck_deliveries, send_due_step
+from server.piccolo_conf import checkpoint
 from scoring.service import rescore_all, train
 from scoring.service import rescore_lead as rescore_lead_service
 
@@ -48,6 +49,7 @@ async def train_model(ctx: dict[str, Any]) -> str:
 async def sweep(ctx: dict[str, Any]) -> int:
     """Queue every due step the database knows of: recovers what Redis lost."""
     await report_stuck_deliveries()
+    await checkpoint()
     queued = 0
     for due in await due_enrollments():
         try:
