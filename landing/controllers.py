@@ -79,14 +79,16 @@ class LandingController(Controller):
     path = "/l"
 
     @get("/{slug:str}")
-    async def show(self, request: Request, slug: FromPath[str]) -> Template:
-        """Render a landing page and count the view."""
+    async def show(self, request: Request, slug: FromPath[str], arq: NamedDependency[ArqRedis | None]) -> Template:
+        """Render a landing page and count the view (a known lead is rescored)."""
         found = await page_by_slug(slug)
         if found is None:
             return Template(template_name="landing/not_found.html", status_code=HTTP_404_NOT_FOUND)
         page, ebook, topic = found
         cookie_id, cookies = _visitor_cookie(request)
-        await record_page_view(cookie_id, page, topic.id, _touch(request), request.headers.get("user-agent", ""))
+        lead_id = await record_page_view(cookie_id, page, topic.id, _touch(request), request.headers.get("user-agent", ""))
+        if lead_id is not None:
+            await enqueue_after_commit(arq, lead_id, None)
         return Template(
             template_name="landing/page.html", context=_page_context(page, ebook, topic, {}, {}), cookies=cookies
         )

@@ -45,8 +45,10 @@ async def _visitor(cookie_id: str, user_agent: str, now: datetime) -> int:
     return rows[0]["id"]
 
 
-async def record_page_view(cookie_id: str, page: LandingPage, topic_id: int, properties: dict[str, Any], user_agent: str) -> None:
-    """A page view from a (possibly anonymous) visitor; joins its lead when known."""
+async def record_page_view(cookie_id: str, page: LandingPage, topic_id: int, properties: dict[str, Any],
+                           user_agent: str) -> int | None:
+    """A page view from a (possibly anonymous) visitor; joins its lead when known, and
+    returns that lead's id (its scores should be recomputed once this commits)."""
     now = datetime.now(timezone.utc)
     async with Event._meta.db.transaction():
         visitor_id = await _visitor(cookie_id, user_agent, now)
@@ -55,6 +57,7 @@ async def record_page_view(cookie_id: str, page: LandingPage, topic_id: int, pro
             Event(type="page_view", visitor=visitor_id, lead=visitor["lead"], topic=topic_id,
                   properties={"page": page.slug} | properties, occurred_at=now)
         )
+    return visitor["lead"]
 
 
 async def capture(

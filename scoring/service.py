@@ -108,7 +108,8 @@ def _epoch_sql(column: str) -> str:
 
 
 async def load_batch(lead_filter: str, args: list[Any], now: datetime, property_types: set[str],
-                     as_of: dict[int, float] | None = None) -> tuple[LeadArrays, EventArrays, list[dict[str, Any]]]:
+                     as_of: dict[int, float] | None = None, event_filter: str | None = None,
+                     ) -> tuple[LeadArrays, EventArrays, list[dict[str, Any]]]:
     """The leads matching `lead_filter` (SQL on table `lead`) and all their events, as arrays.
 
     Events come back with their times as epoch seconds straight from SQL; properties only
@@ -135,7 +136,8 @@ async def load_batch(lead_filter: str, args: list[Any], now: datetime, property_
         f"SELECT lead, type, topic, {_epoch_sql('occurred_at')} AS ts, "
         f"CASE WHEN type = 'page_view' AND CAST(properties AS TEXT) LIKE '%pricing%' THEN 1 ELSE 0 END AS pricing, "
         f"CASE WHEN type IN ({wanted}) THEN properties ELSE NULL END AS props "
-        f"FROM event WHERE lead IN (SELECT id FROM lead WHERE {lead_filter}) AND type <> '{BECAME_HOT}'", *args
+        f"FROM event WHERE {event_filter or f'lead IN (SELECT id FROM lead WHERE {lead_filter})'} "
+        f"AND type <> '{BECAME_HOT}'", *args
     )
     row_of = {int(lead_id): i for i, lead_id in enumerate(ids)}
     type_names = sorted({r["type"] for r in event_rows})
@@ -353,7 +355,7 @@ async def rescore_lead(lead_id: int, now: datetime | None = None, explain_model:
     # One transaction for the read and the write: one connection instead of one per query,
     # and the previous scores cannot change between reading them and writing new ones.
     async with Score._meta.db.transaction():
-        leads, events, _ = await load_batch("id = {}", [lead_id], now, property_types)
+        leads, events, _ = await load_batch("id = {}", [lead_id], now, property_types, event_filter="lead = {}")
         if not len(leads) or not topics:
             return {}
         rows = compute_scores(leads, events, rules, topics, active, explain_model)

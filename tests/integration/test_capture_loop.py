@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from content.tables import Delivery, DeliveryStatus, Enrollment, Step
 from landing.tables import Consent, Event, Lead, Visitor
 from server.tables import CaughtMail
@@ -84,3 +86,17 @@ async def test_hot_lead_gets_the_hot_offer(client, catalog, sink) -> None:
     await rescore_lead(lead.id)
     await run_worker_burst(sink.url)
     assert sink.messages()[-1]["Subject"].startswith("Let us look at your Analytics")
+
+
+async def test_a_known_lead_viewing_a_page_is_rescored_by_the_worker(client, catalog, sink) -> None:
+    from scoring.tables import Score
+
+    await submit(client, "seo", email="dina@example.com", consent="on")
+    await run_worker_burst(sink.url)
+    lead = await Lead.objects().first()
+    before = (await Score.objects().where((Score.lead == lead.id) & (Score.topic == lead.topic)).first()).combined
+    # The same browser (its visitor cookie) comes back: the view joins the lead at once.
+    await client.get("/l/seo")
+    await run_worker_burst(sink.url)
+    after = (await Score.objects().where((Score.lead == lead.id) & (Score.topic == lead.topic)).first()).combined
+    assert after == pytest.approx(before + 3, abs=0.1), "the demo rule: 3 points a landing page view"
