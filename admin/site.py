@@ -5,11 +5,13 @@ from __future__ import annotations
 from piccolo.apps.user.tables import BaseUser
 from piccolo_admin.endpoints import TableConfig, create_admin
 from piccolo_api.crud.endpoints import OrderBy
+from piccolo_api.crud.hooks import Hook, HookType
 from piccolo_api.crud.validators import Validators
 from starlette.exceptions import HTTPException
 from piccolo_api.session_auth.tables import SessionsBase
 
 from content.tables import Chain, Delivery, Ebook, Enrollment, LandingPage, Offer, Step, Suppression
+from landing.service import stamp_outcome_on_patch, stamp_outcome_on_save
 from landing.tables import Consent, Conversion, Event, Lead, Topic, Visitor
 from scoring.tables import LeadAttribute, Score, ScoreHistory, ScoringModel, ScoringRule
 from server.settings import get_settings
@@ -26,7 +28,8 @@ READ_ONLY = Validators(post_single=[_read_only], put_single=[_read_only], patch_
 TABLES = [
     TableConfig(Lead, menu_group="Sales", visible_columns=[Lead.id, Lead.email, Lead.first_name, Lead.company, Lead.stage, Lead.source, Lead.created_at],
                 visible_filters=[Lead.email, Lead.stage, Lead.source, Lead.owner],
-                order_by=[OrderBy(Lead.created_at, ascending=False)]),
+                order_by=[OrderBy(Lead.created_at, ascending=False)],
+                hooks=[Hook(HookType.pre_patch, stamp_outcome_on_patch), Hook(HookType.pre_save, stamp_outcome_on_save)]),
     TableConfig(Score, menu_group="Sales", visible_columns=[Score.lead, Score.topic, Score.combined, Score.hot, Score.rule_points,
                                                             Score.model_probability, Score.model_version, Score.computed_at],
                 visible_filters=[Score.topic, Score.hot, Score.model_version], order_by=[OrderBy(Score.combined, ascending=False)]),

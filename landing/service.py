@@ -105,3 +105,24 @@ async def capture(
         )
         due = await enroll(lead_id, topic.id, now)
     return CaptureResult(lead_id=lead_id, created=created, due=due)
+
+
+OUTCOME_STAGES = ("qualified", "won", "lost")
+
+
+async def stamp_outcome_on_patch(row_id: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """Admin hook: a stage moving to qualified, won or lost records when, because training
+    reads the lead as of that moment (never with what happened after)."""
+    stage = values.get("stage")
+    if stage in OUTCOME_STAGES:
+        current = await Lead.select(Lead.stage).where(Lead.id == row_id).first()
+        if current is not None and current["stage"] != stage:
+            values["outcome_at"] = datetime.now(timezone.utc)
+    return values
+
+
+def stamp_outcome_on_save(row: Lead) -> Lead:
+    """Admin hook: a lead created with an outcome stage gets its outcome time."""
+    if row.stage in OUTCOME_STAGES and row.outcome_at is None:
+        row.outcome_at = datetime.now(timezone.utc)
+    return row

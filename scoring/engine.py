@@ -143,8 +143,10 @@ def rule_points(rules: Sequence[Rule], leads: LeadArrays, events: EventArrays, t
     for r, rule in enumerate(rules):
         if rule.kind == "profile":
             hits = np.array([_profile_matches(rule, a, s) for a, s in zip(leads.attributes, leads.sources)], dtype=bool)
-            points[r, hits, :] = rule.points
-            counts[r, hits, :] = 1
+            for j, topic_id in enumerate(topic_ids):
+                if rule.topic_id is None or rule.topic_id == topic_id:
+                    points[r, hits, j] = rule.points
+                    counts[r, hits, j] = 1
             continue
         base = live & (events.type_code == events.code_of(rule.event_type))
         if rule.property_match and base.any():
@@ -338,7 +340,8 @@ class _EventColumns:
         n = self.n = len(leads)
         rows = self.rows = events.lead_row
         age = self.age = (leads.as_of[rows] - events.ts) / DAY if len(events) else np.zeros(0)
-        live = self.live = age >= 0
+        # Strictly before `as_of`: in training, the event that made the outcome is not a feature.
+        live = self.live = age > 0
         self.topic = events.topic
         self.kinds = [events.pricing.astype(bool) if kind == "pricing_view" else events.type_code == events.code_of(kind)
                       for kind in FEATURE_KINDS]

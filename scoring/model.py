@@ -241,15 +241,23 @@ class Validation:
         return {name: metrics(self.labels, p) for name, p in self.predictions.items()} | {"rows": int(len(self.rows))}
 
 
-def cross_validate(matrix: np.ndarray, labels: np.ndarray, spec: FeatureSpec, folds: int = 5, seed: int = 42) -> Validation:
-    """Shuffled, stratified k-fold: every row predicted by models that never saw it."""
+def _splitter(labels: np.ndarray, folds: int, seed: int):
     from sklearn.model_selection import StratifiedKFold
 
     smallest = int(min(labels.sum(), len(labels) - labels.sum()))
-    splitter = StratifiedKFold(n_splits=max(2, min(folds, smallest)), shuffle=True, random_state=seed)
-    predictions = {name: np.zeros(len(labels)) for name in ALGORITHMS}
-    for train, test in splitter.split(matrix, labels):
-        for name, algorithm in ALGORITHMS.items():
+    return StratifiedKFold(n_splits=max(2, min(folds, smallest)), shuffle=True, random_state=seed)
+
+
+def cross_validate(matrix: np.ndarray, labels: np.ndarray, spec: FeatureSpec, folds: int = 5, seed: int = 42,
+                   algorithms: dict[str, type[Model]] | None = None) -> Validation:
+    """Shuffled, stratified k-fold: every row predicted by models that never saw it. The
+    folds depend only on the labels and the seed, so two calls on the same leads (say, with
+    another feature spec) use the same folds."""
+    splitter = _splitter(labels, folds, seed)
+    algorithms = algorithms or ALGORITHMS
+    predictions = {name: np.zeros(len(labels)) for name in algorithms}
+    for train, test in splitter.split(np.zeros(len(labels)), labels):
+        for name, algorithm in algorithms.items():
             predictions[name][test] = algorithm.fit(matrix[train], labels[train], spec).predict(matrix[test])  # type: ignore[attr-defined]
     return Validation(f"stratified {splitter.n_splits}-fold CV, shuffled", predictions, labels, np.arange(len(labels)))
 

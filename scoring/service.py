@@ -116,7 +116,8 @@ async def load_batch(lead_filter: str, args: list[Any], now: datetime, property_
     for the event types some rule reads them on.
     """
     lead_rows = await Lead.raw(
-        f"SELECT id, {_epoch_sql('created_at')} AS created, attributes, source, first_touch, topic, stage, historical, "
+        f"SELECT id, {_epoch_sql('created_at')} AS created, {_epoch_sql('updated_at')} AS updated, attributes, source, "
+        f"first_touch, topic, stage, historical, "
         f"{_epoch_sql('outcome_at')} AS outcome FROM lead WHERE {lead_filter} ORDER BY id", *args
     )
     stamp = now.timestamp()
@@ -308,7 +309,9 @@ async def _write_slice(chunk: list[ScoreRow], now: datetime) -> int:
     lead_ids = sorted({r.lead for r in chunk})
     query = Score.select(Score.lead, Score.topic, Score.combined, Score.hot).where(Score.lead.is_in(lead_ids))
     if not isinstance(engine_finder(), SQLiteEngine):
-        query = query.lock_rows()
+        # The leads, not their scores, are locked: a first score has no row to lock yet, and
+        # two rescorings of a new lead must still agree on one crossing into hot.
+        await Lead.select(Lead.id).where(Lead.id.is_in(lead_ids)).lock_rows()
     previous = {(p["lead"], p["topic"]): p for p in await query}
     await _upsert(chunk, now)
     moved = [r for r in chunk
@@ -427,23 +430,38 @@ async def training_set(now: datetime, label_after_days: int = LABEL_AFTER_DAYS) 
     cutoff = (now - timedelta(days=label_after_days)).timestamp()
     leads, events, rows = await load_batch("1 = 1", [], now, set())
     labels, keep, as_of = [], [], {}
+    timed_out: list[int] = []
     for i, row in enumerate(rows):
         stage = row["stage"]
         created = leads.created[i]
+        # The outcome's time: set when the stage changed; a lead closed before that was
+        # recorded falls back to its last update, never to now (which would read events
+        # that came after the outcome).
+        closed = row["outcome"] or row["updated"]
         if stage in POSITIVE_STAGES or row["id"] in converted:
             label = 1
-            at = row["outcome"] or converted_at.get(row["id"]) or now.timestamp()
+            at = row["outcome"] or converted_at.get(row["id"]) or closed
         elif stage in NEGATIVE_STAGES:
             label = 0
-            at = row["outcome"] or now.timestamp()
+            at = closed
         elif created <= cutoff and not row["historical"]:
             label = 0
             at = created + label_after_days * 86400
+            timed_out.append(i)
         else:
             continue
         labels.append(label)
         keep.append(i)
         as_of[i] = at
+    # Leads without an outcome are read at a delay after arrival drawn from the positives'
+    # delays (the same for the same lead), not all at day 90: otherwise recency and the
+    # window counts would tell the labelling rule apart from interest.
+    delays = sorted(as_of[i] - leads.created[i] for i, label in zip(keep, labels) if label == 1
+                    and as_of[i] - leads.created[i] > 0)
+    for i in timed_out:
+        if delays:
+            pick = delays[int(leads.ids[i]) * 2654435761 % len(delays)]
+            as_of[i] = leads.created[i] + min(pick, label_after_days * 86400)
     keep_arr = np.array(keep, dtype=np.int64)
     selected = LeadArrays(leads.ids[keep_arr], np.array([as_of[i] for i in keep], dtype=float), leads.created[keep_arr],
                           [leads.attributes[i] for i in keep], [leads.sources[i] for i in keep],
@@ -536,15 +554,19 @@ async def train(now: datetime | None = None, label_after_days: int = LABEL_AFTER
     active = await active_model(fresh=True)
     promote = True
     if active is not None:
-        # The same rows the candidate was validated on: its out-of-fold predictions against
-        # the active model's predictions. The active model may have seen these rows in
-        # training, which flatters it: promotion errs on the side of keeping it.
+        # The active model's recipe (its algorithm and its features) retrained on the same
+        # folds: out-of-fold against out-of-fold. Scoring the active model itself on these
+        # leads would flatter it, since it was trained on most of them.
         active_matrix = training_matrix(active.model.spec, data)
-        active_auc = models.metrics(data.labels, active.model.predict(active_matrix))["roc_auc"]
-        report["active"] = {"version": active.version, "roc_auc_same_rows": active_auc}
-        promote = cv[best]["roc_auc"] > active_auc
+        recipe = {active.model.algorithm: models.ALGORITHMS[active.model.algorithm]}
+        active_cv = await asyncio.to_thread(models.cross_validate, active_matrix, data.labels, active.model.spec,
+                                            algorithms=recipe)
+        active_auc = models.metrics(data.labels, active_cv.predictions[active.model.algorithm])["roc_auc"]
+        report["active"] = {"version": active.version, "algorithm": active.model.algorithm, "cv_roc_auc": active_auc}
+        # At least as good: new labels refresh the model; worse: the active one stays.
+        promote = cv[best]["roc_auc"] >= active_auc
         notes.append(f"{'promoted' if promote else 'not promoted'}: {best} CV ROC-AUC {cv[best]['roc_auc']} vs "
-                     f"active {active.version} {active_auc} on the same {len(data.labels)} leads")
+                     f"{active.version}'s recipe {active_auc} on the same folds of {len(data.labels)} leads")
     async with ScoringModel._meta.db.transaction():
         if promote:
             await ScoringModel.update({ScoringModel.active: False}).where(ScoringModel.active == True)  # noqa: E712
@@ -587,15 +609,17 @@ async def import_leads(options: ImportOptions, batch: int = 500) -> ImportReport
 
     file = await asyncio.to_thread(profile_file, options)
     attribute_columns = file.attribute_columns(options)
-    topic_id = await _topic_for_import(options.topic, file.notes) if options.topic else None
     now = utcnow()
+    topic_id: int | None = None
     created = updated = historical = labelled = positives = 0
     skipped: list[str] = []
+
+    positive = (file.positive or "").lower()
 
     def stage_of(value: str) -> str:
         if not value:
             return "new"
-        return "won" if value == file.positive else "lost"
+        return "won" if value.lower() == positive else "lost"
 
     async def flush(pending: list[dict[str, Any]]) -> None:
         nonlocal created, updated
@@ -617,6 +641,8 @@ async def import_leads(options: ImportOptions, batch: int = 500) -> ImportReport
                                 outcome_at=now if p["stage"] != "new" else None))
                 continue
             values = {Lead.attributes: p["attributes"]}
+            if p["external_id"]:
+                values[Lead.external_id] = p["external_id"]
             if p["stage"] != "new":
                 values |= {Lead.stage: p["stage"], Lead.outcome_at: now}
             await Lead.update(values).where(Lead.id == lead_id)
@@ -626,6 +652,8 @@ async def import_leads(options: ImportOptions, batch: int = 500) -> ImportReport
             created += len(new)
 
     async with Lead._meta.db.transaction():
+        if options.topic:
+            topic_id = await _topic_for_import(options.topic, file.notes)
         pending: list[dict[str, Any]] = []
         seen_in_batch: set[str] = set()
         rows_iter = read_rows(options.path, file.encoding, file.delimiter)
@@ -643,12 +671,13 @@ async def import_leads(options: ImportOptions, batch: int = 500) -> ImportReport
                         skipped.append(f"line {line}: {exc}")
                         continue
                 external_id = (row.get(options.id_column) or "")[:200] or None if options.id_column else None
-                key = email or external_id
-                if key and key in seen_in_batch:
+                # A lead seen earlier in this batch (by email or by id) is written first, so
+                # this row updates it instead of inserting a second one.
+                keys = {k for k in (email and f"e:{email}", external_id and f"i:{external_id}") if k}
+                if keys & seen_in_batch:
                     await flush(pending)
                     pending, seen_in_batch = [], set()
-                if key:
-                    seen_in_batch.add(key)
+                seen_in_batch |= keys
                 attributes = {}
                 for column in attribute_columns:
                     value = typed_value(column, row.get(column.name, ""))

@@ -179,3 +179,22 @@ async def test_index_lists_published_pages(client, catalog) -> None:
     response = await client.get("/")
     assert response.status_code == 200
     assert set(re.findall(r'href="/l/([a-z-]+)"', response.text)) == {"seo", "paid-ads", "analytics"}
+
+
+async def test_a_stage_set_in_the_admin_records_when_the_outcome_came(client, catalog) -> None:
+    from piccolo.apps.user.tables import BaseUser
+
+    token = await landing_form(client, "seo")
+    await client.post("/l/seo", data={"_csrf_token": token, "email": "won@example.com", "consent": "on"})
+    lead = await Lead.objects().get(Lead.email == "won@example.com")
+    assert lead.outcome_at is None
+    await BaseUser.create_user(username="sam", password="correct-horse-9", email="sam@example.com", active=True, admin=True)
+    await client.get("/admin/")
+    headers = {"X-CSRFToken": client.cookies.get("csrftoken")}
+    login = await client.post("/admin/public/login/", json={"username": "sam", "password": "correct-horse-9"}, headers=headers)
+    assert login.status_code in (200, 303)
+    headers = {"X-CSRFToken": client.cookies.get("csrftoken")}
+    response = await client.patch(f"/admin/api/tables/lead/{lead.id}/", json={"stage": "won"}, headers=headers)
+    assert response.status_code == 200, response.text
+    lead = await Lead.objects().get(Lead.id == lead.id)
+    assert lead.stage == "won" and lead.outcome_at is not None, "training reads the lead as of this moment"

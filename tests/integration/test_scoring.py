@@ -108,14 +108,20 @@ async def test_training_validates_both_algorithms_and_promotes_only_a_better_mod
     assert stored.active and stored.artifact and stored.spec["numeric"] == ["Visits"]
     assert "Notes after call" not in stored.spec["categorical"]
 
-    # The same data again: the new candidate does not beat the active model on the same
-    # rows (which that model was trained on), so it is kept but not promoted.
+    # The same data again: the candidate is exactly as good as the active model's recipe
+    # retrained on the same folds, so it replaces it (new labels refresh the model).
     second = await train(now=datetime.now(timezone.utc) + timedelta(seconds=2))
-    assert second.trained and not second.promoted
-    assert any("not promoted" in note for note in second.notes)
+    assert second.trained and second.promoted
+    assert second.metrics["active"]["cv_roc_auc"] == second.metrics["cv"][second.algorithm]["roc_auc"]
+
+    # Without its strongest column the candidate is worse than the active recipe on the
+    # same folds: it is kept, with its metrics, but not promoted.
+    third = await train(now=datetime.now(timezone.utc) + timedelta(seconds=4), exclude=("Visits",))
+    assert third.trained and not third.promoted
+    assert any(note.startswith("not promoted") for note in third.notes)
     active = await ScoringModel.select(ScoringModel.version).where(ScoringModel.active == True)  # noqa: E712
-    assert [r["version"] for r in active] == [first.version]
-    assert await ScoringModel.count() == 2
+    assert [r["version"] for r in active] == [second.version]
+    assert await ScoringModel.count() == 3
 
 
 async def test_a_new_event_rescores_and_crossing_into_hot_emits_one_event(client, catalog) -> None:
@@ -166,3 +172,11 @@ async def test_an_active_model_scores_live_leads_and_explains_them(client, catal
     assert sources == {"rule", "model"}
     assert all(isinstance(f["text"], str) and f["text"] for f in score.explanation)
     assert all("effect" in f for f in score.explanation)
+
+
+async def test_the_same_crm_id_twice_in_one_file_is_one_lead(tmp_path: Path) -> None:
+    path = tmp_path / "crm.csv"
+    path.write_text("id,email,won\nA1,first@example.com,yes\nA1,second@example.com,no\nB2,b@example.com,no\n")
+    report = await import_leads(ImportOptions(path, outcome="won", id_column="id"))
+    assert (report.created, report.updated, report.skipped) == (2, 1, [])
+    assert await Lead.count().where(Lead.external_id == "A1") == 1
