@@ -180,3 +180,12 @@ async def test_the_same_crm_id_twice_in_one_file_is_one_lead(tmp_path: Path) -> 
     report = await import_leads(ImportOptions(path, outcome="won", id_column="id"))
     assert (report.created, report.updated, report.skipped) == (2, 1, [])
     assert await Lead.count().where(Lead.external_id == "A1") == 1
+
+
+async def test_the_positive_value_is_matched_whatever_its_case(tmp_path: Path) -> None:
+    path = tmp_path / "crm.csv"
+    path.write_text("email,outcome\na@example.com,Yes\nb@example.com,yes\nc@example.com,No\n")
+    report = await import_leads(ImportOptions(path, outcome="outcome", email_column="email", positive="yes"))
+    assert (report.labelled, report.positives) == (3, 2)
+    stages = {r["email"]: r["stage"] for r in await Lead.select(Lead.email, Lead.stage)}
+    assert stages == {"a@example.com": "won", "b@example.com": "won", "c@example.com": "lost"}

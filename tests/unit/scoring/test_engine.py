@@ -196,3 +196,9 @@ def test_how_long_ago_a_lead_arrived_is_not_a_feature() -> None:
     matrix = feature_matrix(spec, leads, events, topic_id=1)
     assert matrix[0].tolist() == matrix[1].tolist()
     assert "age_days" not in spec.names()
+
+
+def test_a_profile_rule_with_a_topic_scores_only_that_topic() -> None:
+    rules = [Rule(1, "SEO buyer", "", 12, topic_id=2, property_match={"role": "*seo*"}, kind="profile")]
+    result = rule_points(rules, _leads(1, [{"role": "head of seo"}]), _events([]), [1, 2, 3])
+    assert result.total().tolist() == [[0, 12, 0]]
