@@ -8,7 +8,6 @@ and the product only ever promotes the better of the two.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -293,7 +292,3 @@ def label_problem(labels: np.ndarray) -> str | None:
         return (f"too few labels ({positives} positive, {negatives} negative; a model needs {MIN_LABELS} "
                 f"with {MIN_PER_CLASS} of each): scoring stays on rules")
     return None
-
-
-def finite(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else value

@@ -99,16 +99,16 @@ def contributions(points: np.ndarray, counts: np.ndarray, rules: list[Rule], top
     return found
 
 
-def combine(points: float, probability: float | None = None) -> float:
-    """Rule points and the model's probability as one 0-100 score.
+def combine(points: Any, probability: Any = None) -> Any:
+    """Rule points and the model's probability as one 0-100 score (numbers or numpy arrays).
 
     Without a model it is the rule points, clamped; with one, a weighted mean of the
     probability (as 0-100) and the clamped points.
     """
-    rules_part = max(0.0, min(100.0, points))
+    rules_part = np.clip(points, 0.0, 100.0)
     if probability is None:
         return rules_part
-    return round(MODEL_WEIGHT * 100.0 * probability + (1 - MODEL_WEIGHT) * rules_part, 2)
+    return np.round(MODEL_WEIGHT * 100.0 * probability + (1 - MODEL_WEIGHT) * rules_part, 2)
 
 
 def explain(contributions: list[Contribution], limit: int = 5) -> list[dict[str, Any]]:

@@ -232,9 +232,7 @@ def compute_scores(leads: LeadArrays, events: EventArrays, rules: list[Rule], to
     for j, topic in enumerate(topics):
         probability = None if probabilities is None else probabilities[j * n:(j + 1) * n]
         matrix = matrices[j] if matrices else None
-        clamped = np.clip(totals[:, j], 0.0, 100.0)
-        combined = clamped if probability is None else np.round(
-            MODEL_WEIGHT * 100.0 * probability + (1 - MODEL_WEIGHT) * clamped, 2)
+        combined = combine(totals[:, j], probability)
         hot = combined >= topic.hot_threshold
         explain_rows = np.zeros(len(leads), dtype=bool)
         if active is not None and explain_model != "none":
