@@ -422,7 +422,6 @@ class TrainingSet:
 async def training_set(now: datetime, label_after_days: int = LABEL_AFTER_DAYS) -> TrainingSet:
     """Labelled leads: won or qualified or converted = 1; lost, or no outcome after
     `label_after_days`, = 0. Features are taken as of the outcome, never after it."""
-    converted = {r["lead"] for r in await Conversion.select(Conversion.lead)}
     converted_at = {r["lead"]: r["at"] for r in await Conversion.raw(
         f"SELECT lead, MIN({_epoch_sql('occurred_at')}) AS at FROM conversion GROUP BY lead")}
     cutoff = (now - timedelta(days=label_after_days)).timestamp()
@@ -436,7 +435,7 @@ async def training_set(now: datetime, label_after_days: int = LABEL_AFTER_DAYS) 
         # recorded falls back to its last update, never to now (which would read events
         # that came after the outcome).
         closed = row["outcome"] or row["updated"]
-        if stage in POSITIVE_STAGES or row["id"] in converted:
+        if stage in POSITIVE_STAGES or row["id"] in converted_at:
             label = 1
             at = row["outcome"] or converted_at.get(row["id"]) or closed
         elif stage in NEGATIVE_STAGES:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -86,7 +86,6 @@ class Settings:
     """MAIL_FROM: default sender for letters when a chain names none."""
     db_pool_size: int = 10
     """DB_POOL_SIZE: PostgreSQL connections per process."""
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def mail_domain(self) -> str:
