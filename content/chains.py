@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
+from landing.tables import TopicPreference
 from content.tables import (
     Chain,
     ChainStatus,
@@ -74,6 +75,11 @@ async def enroll(lead_id: int, topic_id: int, now: datetime | None = None) -> En
     Call inside the caller's transaction so the enrollment commits with the capture.
     """
     now = now or utcnow()
+    opted_out = await TopicPreference.exists().where(
+        (TopicPreference.lead == lead_id) & (TopicPreference.topic == topic_id) & (TopicPreference.subscribed == False)  # noqa: E712
+    )
+    if opted_out:
+        return None
     chain = await active_chain_for_topic(topic_id, now)
     if chain is None:
         return None

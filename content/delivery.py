@@ -29,7 +29,7 @@ from content.tables import (
     SuppressionReason,
 )
 from landing.tables import Event, Lead, Topic
-from landing.tokens import sign
+from landing.tokens import preferences_url, unsubscribe_url
 from scoring.tables import Score
 from server.settings import get_settings
 
@@ -87,6 +87,16 @@ async def suppress(email: str, reason: SuppressionReason, detail: str = "") -> i
     return lead.id if inserted else None
 
 
+async def lift_suppression(email: str) -> bool:
+    """Remove an unsubscribe or erasure after the person opted in again and confirmed it;
+    a bounce or a complaint stays. Returns whether one was lifted."""
+    rows = await Suppression.delete().where(
+        (Suppression.email_hash == email_hash(email))
+        & Suppression.reason.is_in([SuppressionReason.unsubscribe, SuppressionReason.erased])
+    ).returning(Suppression.id)
+    return bool(rows)
+
+
 def message_id_for(delivery_id: int, enrollment_id: int, position: int) -> str:
     """Deterministic: a resend attempt of the same ledger row carries the same Message-ID."""
     return f"<lk.{delivery_id}.{enrollment_id}.{position}@{get_settings().mail_domain}>"
@@ -105,10 +115,6 @@ def lead_context(lead: Lead, topic: Topic | None, chain: Chain | None) -> dict:
         "topic": {"name": topic.name if topic else ""},
         "chain": {"name": chain.name if chain else ""},
     }
-
-
-def unsubscribe_url(lead_id: int) -> str:
-    return f"{get_settings().public_url}/u/{sign('unsubscribe', lead_id)}"
 
 
 async def choose_offer(chain: Chain, lead_id: int) -> Offer | None:
@@ -294,7 +300,8 @@ async def _compose(chain: Chain, step: Step, lead: Lead, delivery_id: int, enrol
         offer = await choose_offer(chain, lead.id)
         if offer is not None:
             subject, body, offer_kind = offer.subject, offer.body_markdown, offer.kind
-    context = lead_context(lead, topic, chain) | {"unsubscribe_url": unsubscribe_url(lead.id)}
+    context = lead_context(lead, topic, chain) | {"unsubscribe_url": unsubscribe_url(lead.id),
+                                                  "preferences_url": preferences_url(lead.id)}
     letter = render_letter(subject, body, context, where=f"step {step.position}")
     settings = get_settings()
     envelope = Envelope(
@@ -303,6 +310,7 @@ async def _compose(chain: Chain, step: Step, lead: Lead, delivery_id: int, enrol
         lead.email,
         message_id_for(delivery_id, enrollment_id, step.position),
         context["unsubscribe_url"],
+        context["preferences_url"],
     )
     return build_message(letter, envelope, sent_at=now), letter.subject, offer_kind
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+from html import escape
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, parseaddr
@@ -29,6 +30,7 @@ class Envelope:
     to_address: str
     message_id: str
     unsubscribe_url: str
+    preferences_url: str = ""
 
 
 def build_message(letter: RenderedLetter, envelope: Envelope, sent_at: datetime | None = None) -> EmailMessage:
@@ -42,11 +44,13 @@ def build_message(letter: RenderedLetter, envelope: Envelope, sent_at: datetime 
     message["List-Unsubscribe"] = f"<{envelope.unsubscribe_url}>"
     message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     footer_text = f"\n--\nUnsubscribe: {envelope.unsubscribe_url}\n"
+    footer_links = f'<a href="{escape(envelope.unsubscribe_url, quote=True)}">Unsubscribe</a>'
+    if envelope.preferences_url:
+        footer_text += f"Your preferences and data: {envelope.preferences_url}\n"
+        footer_links += f' · <a href="{escape(envelope.preferences_url, quote=True)}">Your preferences and data</a>'
     message.set_content(letter.text + footer_text)
-    footer_html = (
-        '<hr><p style="font-size:12px;color:#555">'
-        f'<a href="{envelope.unsubscribe_url}">Unsubscribe</a></p>'
-    )
+    footer_html = f'<hr><p style="font-size:12px;color:#555">{footer_links}</p>'
+
     message.add_alternative(
         f"<!doctype html><html><body>{letter.html}{footer_html}</body></html>", subtype="html"
     )

@@ -28,9 +28,14 @@ class Ebook(Table):
     slug = Varchar(length=120, unique=True, index=True)
     topic = ForeignKey(references=Topic, on_delete=OnDelete.restrict, index=True)
     body_markdown = Text(default="")
-    uploaded_pdf = Varchar(length=500, null=True, default=None)
+    subtitle = Varchar(length=300, default="")
+    author = Varchar(length=200, default="")
+    cover_image = Varchar(length=500, null=True, default=None, help_text="An image for the cover and the landing page.")
+    uploaded_pdf = Varchar(length=500, null=True, default=None, help_text="A finished PDF, served as it is instead of the body.")
     content_hash = Varchar(length=64, null=True, default=None)
     rendered_path = Varchar(length=500, null=True, default=None)
+    render_error = Text(default="", help_text="Why the last rendering failed (empty when it worked).")
+    rendered_at = Timestamptz(null=True, default=None)
     created_at = Timestamptz(default=TimestamptzNow())
     updated_at = Timestamptz(default=TimestamptzNow(), auto_update=TimestamptzNow().python)
 
@@ -45,13 +50,16 @@ class LandingPage(Table):
     slug = Varchar(length=120, unique=True, index=True)
     title = Varchar(length=200)
     headline = Varchar(length=300, default="")
+    description = Varchar(length=300, default="", help_text="For search results and link previews (meta description, Open Graph).")
+    cover_image = Varchar(length=500, null=True, default=None, help_text="Shown beside the copy; the ebook's cover when empty.")
     body_markdown = Text(default="")
     bullets = Text(default="", help_text="One bullet point a line.")
     ebook = ForeignKey(references=Ebook, on_delete=OnDelete.restrict, index=True)
     form_fields = Varchar(length=200, default="first_name", help_text="Fields asked besides email, comma-separated: first_name, company, role.")
     consent_text = Text(default="I agree to receive this ebook and related emails. I can unsubscribe at any time.")
     consent_version = Varchar(length=40, default="v1")
-    double_opt_in = Boolean(default=False)
+    double_opt_in = Boolean(default=False, help_text="Send a confirmation letter first; the ebook and the chain follow the confirmation.")
+    progressive_fields = Integer(default=1, help_text="A returning lead is asked this many of the fields it has not given yet.")
     published = Boolean(default=True, index=True)
     created_at = Timestamptz(default=TimestamptzNow())
 
@@ -196,3 +204,52 @@ class Suppression(Table):
     reason = Varchar(length=20, choices=SuppressionReason)
     detail = Varchar(length=500, default="")
     created_at = Timestamptz(default=TimestamptzNow())
+
+
+class DownloadLink(Table):
+    """A signed, expiring download link made for one lead and one ebook."""
+
+    nonce = Varchar(length=32, unique=True, index=True)
+    lead = ForeignKey(references=Lead, on_delete=OnDelete.cascade, index=True)
+    ebook = ForeignKey(references=Ebook, on_delete=OnDelete.cascade)
+    created_at = Timestamptz(default=TimestamptzNow())
+    expires_at = Timestamptz()
+    downloads = Integer(default=0)
+    last_download_at = Timestamptz(null=True, default=None)
+
+
+class NoticeKind(str, Enum):
+    confirm = "confirm"
+    """Double opt-in: the confirmation link."""
+    ebook = "ebook"
+    """The download link, after a capture or a confirmation."""
+    rights = "rights"
+    """A link to export or erase the lead's data, asked for on the preference page."""
+
+
+class NoticeStatus(str, Enum):
+    pending = "pending"
+    sending = "sending"
+    sent = "sent"
+    failed = "failed"
+    unknown = "unknown"
+    skipped = "skipped"
+    """Not sent on purpose: the address is suppressed or was erased."""
+
+
+class Notice(Table):
+    """A one-off letter a visitor asked for (confirmation, download, data request): its own ledger."""
+
+    lead = ForeignKey(references=Lead, on_delete=OnDelete.cascade, index=True)
+    kind = Varchar(length=10, choices=NoticeKind)
+    dedupe_key = Varchar(length=120, unique=True, index=True, help_text="One letter per key, however often its job runs.")
+    status = Varchar(length=10, choices=NoticeStatus, default=NoticeStatus.pending, index=True)
+    payload = JSON(default={})
+    to_address = Varchar(length=254, default="")
+    subject = Varchar(length=300, default="")
+    message_id = Varchar(length=255, default="")
+    smtp_reply = Varchar(length=500, default="")
+    attempts = Integer(default=0)
+    created_at = Timestamptz(default=TimestamptzNow())
+    next_attempt_at = Timestamptz(default=TimestamptzNow(), index=True)
+    sent_at = Timestamptz(null=True, default=None)

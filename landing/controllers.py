@@ -1,49 +1,99 @@
-"""Public pages: landing pages with the capture form, and one-click unsubscribe."""
+"""Public pages: landing pages and their form, downloads, confirmations, preferences, unsubscribe."""
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlencode
 
 from arq.connections import ArqRedis
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import CacheControlHeader, Cookie
 from litestar.di import NamedDependency
-from litestar.params import FromPath
-from litestar.response import Template
-from litestar.status_codes import HTTP_200_OK, HTTP_404_NOT_FOUND, HTTP_422_UNPROCESSABLE_ENTITY
+from litestar.exceptions import ClientException
+from litestar.params import FromPath, FromQuery
+from litestar.response import Redirect, Template
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_303_SEE_OTHER,
+    HTTP_400_BAD_REQUEST,
+    HTTP_404_NOT_FOUND,
+    HTTP_410_GONE,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_429_TOO_MANY_REQUESTS,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
 
 from content.chains import EnrollmentDue, queue_send
 from content.delivery import is_suppressed, suppress
-from content.letters import markdown_to_html
-from content.tables import LandingPage, SuppressionReason
+from content.ebooks import EbookUnavailable, LinkRefused, use_download_link
+from content.notices import notice_job_id, queue_notice
+from content.tables import LandingPage, NoticeKind, SuppressionReason
 from landing.forms import FIELD_LABELS, page_fields, validate_capture
-from landing.service import capture, new_cookie_id, page_by_slug, record_page_view
+from landing.pageviews import PageView, PageViewBuffer
+from landing.ratelimit import hit, limit_key
+from landing.rights import erase_lead, export_lead, set_topic_preferences, topic_choices
+from landing.service import (
+    TOUCH_KEYS,
+    KnownLead,
+    PageBundle,
+    capture,
+    confirm,
+    known_lead,
+    new_cookie_id,
+    page_by_slug,
+)
 from landing.tables import Lead
-from landing.tokens import TokenError, unsign
+from landing.tokens import TokenError, sign, unsign
 from server.settings import get_settings
 
 log = logging.getLogger("leadkiln.landing")
 
 VISITOR_COOKIE = "lk_vid"
-TOUCH_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
+THANKS_LIFETIME = 24 * 3600
+CONFIRM_LIFETIME = 3 * 86400
+RIGHTS_LIFETIME = 3600
 
 
-async def enqueue_after_commit(arq: ArqRedis | None, lead_id: int, due: EnrollmentDue | None) -> None:
+async def enqueue_after_commit(arq: ArqRedis | None, lead_id: int | None, due: EnrollmentDue | None = None,
+                               notice_id: int | None = None) -> None:
     """Queue the follow-up work; if Redis is away, the sweeper finds it in the database."""
     if arq is None:
         return
     try:
+        if notice_id is not None:
+            await arq.enqueue_job("send_notice", notice_id, _job_id=notice_job_id(notice_id))
         if due is not None:
             await queue_send(arq, due)
-        await arq.enqueue_job("rescore_lead", lead_id)
-    except Exception:  # noqa: BLE001 - the capture is committed; the sweeper recovers the send.
+        if lead_id is not None:
+            await arq.enqueue_job("rescore_lead", lead_id)
+    except Exception:  # noqa: BLE001 - the capture is committed; the sweeper recovers the letters.
         log.exception("could not enqueue follow-up work for lead %s", lead_id)
 
 
-def _visitor_cookie(request: Request) -> tuple[str, list[Cookie]]:
+def client_ip(request: Request) -> str:
+    """The visitor's address: the socket's, or X-Forwarded-For's last hop added by a trusted proxy."""
+    peer = request.client.host if request.client else ""
+    trusted = get_settings().trusted_proxies
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded and peer in trusted:
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        while hops and hops[-1] in trusted:
+            hops.pop()
+        if hops:
+            return hops[-1][:45]
+    return peer[:45]
+
+
+def valid_cookie_id(value: str) -> bool:
+    return 16 <= len(value) <= 64 and value.replace("-", "").replace("_", "").isalnum()
+
+
+def _visitor_cookie(request: Request, fresh: bool = False) -> tuple[str, list[Cookie]]:
     cookie_id = request.cookies.get(VISITOR_COOKIE, "")
-    if 16 <= len(cookie_id) <= 64 and cookie_id.replace("-", "").replace("_", "").isalnum():
+    if valid_cookie_id(cookie_id) and not fresh:
         return cookie_id, []
     cookie_id = new_cookie_id()
     secure = get_settings().public_url.startswith("https://")
@@ -52,78 +102,334 @@ def _visitor_cookie(request: Request) -> tuple[str, list[Cookie]]:
 
 
 def _touch(request: Request) -> dict[str, str]:
-    touch = {k: str(request.query_params.get(k))[:200] for k in TOUCH_KEYS if request.query_params.get(k)}
+    touch = {k: str(request.query_params.get(k))[:200] for k in TOUCH_KEYS[:-1] if request.query_params.get(k)}
     referrer = request.headers.get("referer")
     if referrer:
         touch["referrer"] = referrer[:500]
     return touch
 
 
-def _page_context(page: LandingPage, ebook: Any, topic: Any, values: dict[str, Any], errors: dict[str, str]) -> dict[str, Any]:
+def mask_email(email: str) -> str:
+    """j•••@example.com: enough for a person to recognise, not to read off a shared screen."""
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}•••@{domain}" if domain else "•••"
+
+
+def _asked_fields(bundle: PageBundle, known: KnownLead | None) -> list[str]:
+    """The page's optional fields; for a returning lead, the next ones it has not given."""
+    fields = page_fields(bundle.page.form_fields)
+    if known is None:
+        return fields
+    missing = [f for f in fields if not known.fields.get(f)]
+    return missing[: max(0, bundle.page.progressive_fields)]
+
+
+def _page_context(request: Request, bundle: PageBundle, known: KnownLead | None, values: dict[str, Any],
+                  errors: dict[str, str], notice: str = "") -> dict[str, Any]:
+    query = request.url.query
     return {
-        "page": page,
-        "ebook": ebook,
-        "topic": topic,
-        "body_html": markdown_to_html(page.body_markdown),
-        "bullets": [b.strip() for b in page.bullets.splitlines() if b.strip()],
-        "fields": page_fields(page.form_fields),
+        "page": bundle.page,
+        "ebook": bundle.ebook,
+        "topic": bundle.topic,
+        "body_html": bundle.body_html,
+        "bullets": bundle.bullets,
+        "fields": _asked_fields(bundle, known),
         "labels": FIELD_LABELS,
         "values": values,
         "errors": errors,
+        "known_email": mask_email(known.email) if known else "",
+        "action": f"/l/{bundle.page.slug}" + (f"?{query}" if query else ""),
+        "cover_url": _cover_url(bundle),
+        "public_url": get_settings().public_url,
+        "notice": notice,
     }
 
 
+def _cover_url(bundle: PageBundle) -> str:
+    image = bundle.page.cover_image or bundle.ebook.cover_image
+    return f"/media/covers/{image}" if image else ""
+
+
+def _message(title: str, text: str, status_code: int = HTTP_200_OK, headers: dict[str, str] | None = None,
+             **more: Any) -> Template:
+    """A page with a title, a line of text, and an optional link or button (a POST form)."""
+    return Template(template_name="landing/message.html", context={"title": title, "text": text} | more,
+                    status_code=status_code, headers=headers)
+
+
+def _not_found() -> Template:
+    return Template(template_name="landing/not_found.html", status_code=HTTP_404_NOT_FOUND)
+
+
 class LandingController(Controller):
-    """Landing pages under /l/<slug>."""
+    """Landing pages under /l/<slug>: the page, its form, and the thank-you page."""
 
     path = "/l"
 
     @get("/{slug:str}")
-    async def show(self, request: Request, slug: FromPath[str], arq: NamedDependency[ArqRedis | None]) -> Template:
-        """Render a landing page and count the view (a known lead is rescored)."""
-        found = await page_by_slug(slug)
-        if found is None:
-            return Template(template_name="landing/not_found.html", status_code=HTTP_404_NOT_FOUND)
-        page, ebook, topic = found
+    async def show(self, request: Request, slug: FromPath[str]) -> Template | Redirect:
+        """Render a landing page and count the view (written in the next batch)."""
+        bundle = await page_by_slug(slug)
+        if bundle is None:
+            return _not_found()
+        if request.query_params.get("forget"):
+            # "Not you?": a new visitor id, so the page asks for an email again.
+            _, cookies = _visitor_cookie(request, fresh=True)
+            return Redirect(f"/l/{slug}", status_code=HTTP_303_SEE_OTHER, cookies=cookies)
         cookie_id, cookies = _visitor_cookie(request)
-        lead_id = await record_page_view(cookie_id, page, topic.id, _touch(request), request.headers.get("user-agent", ""))
-        if lead_id is not None:
-            await enqueue_after_commit(arq, lead_id, None)
-        return Template(
-            template_name="landing/page.html", context=_page_context(page, ebook, topic, {}, {}), cookies=cookies
-        )
+        known = await known_lead(cookie_id) if not cookies else None
+        buffer: PageViewBuffer = request.app.state.page_views
+        await buffer.add(PageView(cookie_id, bundle.page.slug, bundle.topic.id, _touch(request),
+                                  request.headers.get("user-agent", ""), datetime.now(timezone.utc)))
+        return Template(template_name="landing/page.html", context=_page_context(request, bundle, known, {}, {}),
+                        cookies=cookies)
 
-    @post("/{slug:str}", status_code=HTTP_200_OK)
-    async def submit(self, request: Request, slug: FromPath[str], arq: NamedDependency[ArqRedis | None]) -> Template:
+    @post("/{slug:str}", status_code=HTTP_303_SEE_OTHER)
+    async def submit(self, request: Request, slug: FromPath[str], arq: NamedDependency[ArqRedis | None]) -> Template | Redirect:
         """Capture a lead: committed before the thank-you page, follow-ups queued after."""
-        found = await page_by_slug(slug)
-        if found is None:
-            return Template(template_name="landing/not_found.html", status_code=HTTP_404_NOT_FOUND)
-        page, ebook, topic = found
-        form_data = await request.form()
-        data = {k: str(v) for k, v in form_data.items() if isinstance(v, str)}
+        bundle = await page_by_slug(slug)
+        if bundle is None:
+            return _not_found()
+        data = await _form(request)
         cookie_id, cookies = _visitor_cookie(request)
         if data.get("website"):
             # A bot filled the honeypot: answer as if accepted, store nothing.
-            return Template(template_name="landing/thanks.html",
-                            context={"ebook": ebook, "topic": topic, "email": data.get("email", "")[:254]})
-        form = validate_capture(data, page_fields(page.form_fields))
+            token = sign("thanks", {"l": None, "p": bundle.page.id, "c": True})
+            return Redirect(f"/l/{slug}/thanks?{urlencode({'t': token})}", status_code=HTTP_303_SEE_OTHER)
+        known = await known_lead(cookie_id) if not cookies and not data.get("email", "").strip() else None
+        form = validate_capture(data, _asked_fields(bundle, known), require_email=known is None)
+        settings = get_settings()
+        ip = client_ip(request)
+        checks = [(limit_key("capture-ip", ip), settings.capture_limit_ip)]
+        if form.email:
+            checks.append((limit_key("capture-email", form.email), settings.capture_limit_email))
+        verdict = await hit(arq, checks)
+        values = {k: v[:300] for k, v in data.items() if k != "_csrf_token"} | {"consent": form.consent}
+        if not verdict.allowed:
+            response = Template(
+                template_name="landing/page.html",
+                context=_page_context(request, bundle, known, values, {},
+                                      notice=f"Too many attempts. Please try again in {verdict.retry_after} seconds."),
+                status_code=HTTP_429_TOO_MANY_REQUESTS, cookies=cookies,
+                headers={"Retry-After": str(verdict.retry_after)},
+            )
+            return response
         if not form.ok:
-            values = {k: v[:300] for k, v in data.items()} | {"consent": form.consent}
             return Template(
                 template_name="landing/page.html",
-                context=_page_context(page, ebook, topic, values, form.errors),
+                context=_page_context(request, bundle, known, values, form.errors),
                 status_code=HTTP_422_UNPROCESSABLE_ENTITY,
                 cookies=cookies,
             )
-        client_ip = request.client.host if request.client else ""
-        result = await capture(page, ebook, topic, form, cookie_id, client_ip,
-                               request.headers.get("user-agent", ""), _touch(request))
+        result = await capture(bundle, form, cookie_id, ip, request.headers.get("user-agent", ""), _touch(request),
+                               known=known)
+        await enqueue_after_commit(arq, result.lead_id, result.due, result.notice_id)
+        token = sign("thanks", {"l": result.lead_id, "p": bundle.page.id, "c": result.confirm_needed,
+                                "d": result.download_token})
+        # Redirect after POST: a reload shows the thank-you page instead of posting again.
+        return Redirect(f"/l/{slug}/thanks?{urlencode({'t': token})}", status_code=HTTP_303_SEE_OTHER, cookies=cookies)
+
+    @get("/{slug:str}/thanks")
+    async def thanks(self, slug: FromPath[str], t: FromQuery[str] = "") -> Template:
+        """The thank-you page: the download, or where the confirmation letter went."""
+        bundle = await page_by_slug(slug)
+        if bundle is None:
+            return _not_found()
+        try:
+            state = unsign("thanks", t, max_age_seconds=THANKS_LIFETIME)
+        except TokenError:
+            # An old or altered address: the form again, with no harm done.
+            return _message("This page has expired", "Fill in the form again to get the ebook.",
+                            HTTP_400_BAD_REQUEST, link=f"/l/{slug}", link_text=f"Back to “{bundle.page.title}”")
+        email = ""
+        if state.get("l"):
+            lead = await Lead.select(Lead.email).where(Lead.id == state["l"]).first()
+            email = mask_email(lead["email"]) if lead and lead["email"] else ""
+        return Template(template_name="landing/thanks.html", context={
+            "ebook": bundle.ebook, "topic": bundle.topic, "email": email, "confirm": state.get("c", True),
+            "download": f"/d/{state['d']}" if state.get("d") else "",
+        })
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The submitted fields as text; a body that is not UTF-8 is refused clearly."""
+    try:
+        form_data = await request.form()
+    except UnicodeDecodeError:
+        raise ClientException("The form was not sent as UTF-8 text.") from None
+    data = {}
+    for key, value in form_data.items():
+        if isinstance(value, str):
+            if "\ufffd" in value:
+                raise ClientException("The form was not sent as UTF-8 text.")
+            data[key] = value
+    return data
+
+
+class DownloadController(Controller):
+    """Signed, per-lead download links: /d/<token>."""
+
+    path = "/d"
+
+    @get("/{token:str}", cache_control=CacheControlHeader(no_store=True, private=True))
+    async def download(self, token: FromPath[str], arq: NamedDependency[ArqRedis | None]) -> Response[bytes] | Template:
+        """Send the lead's copy of the ebook and count the download."""
+        try:
+            result = await use_download_link(token)
+        except LinkRefused as exc:
+            return _message("This link cannot be used", f"{exc} Fill in the form on the ebook's page to get a fresh link.",
+                            HTTP_410_GONE if "not valid" not in str(exc) else HTTP_400_BAD_REQUEST)
+        except EbookUnavailable as exc:
+            log.error("download refused: %s", exc)
+            return _message("The ebook is being prepared", "Please try again in a minute.", HTTP_503_SERVICE_UNAVAILABLE)
+        await enqueue_after_commit(arq, result.lead_id)
+        return Response(
+            result.file.data, media_type="application/pdf",
+            headers={"Content-Disposition": f'attachment; filename="{result.file.filename}"',
+                     "X-Content-Type-Options": "nosniff"},
+        )
+
+
+class ConfirmController(Controller):
+    """Double opt-in: /c/<token> asks (link scanners follow GETs), its POST confirms."""
+
+    path = "/c"
+
+    @get("/{token:str}")
+    async def ask(self, token: FromPath[str]) -> Template:
+        """Show the confirm button."""
+        try:
+            unsign("confirm", token, max_age_seconds=CONFIRM_LIFETIME)
+        except TokenError as exc:
+            return _message("This confirmation link cannot be used", f"The link {str(exc).removeprefix('this link ')}. "
+                            "Fill in the form again and we will send a new one.", HTTP_400_BAD_REQUEST)
+        return _message("One click to confirm", "Confirm that this address is yours, and the ebook is yours.",
+                        button="Confirm and get the ebook", action=f"/c/{token}")
+
+    @post("/{token:str}", status_code=HTTP_200_OK)
+    async def confirm(self, token: FromPath[str], arq: NamedDependency[ArqRedis | None]) -> Template:
+        """Confirm the address: the lead is confirmed, enrolled, and gets its download."""
+        try:
+            state = unsign("confirm", token, max_age_seconds=CONFIRM_LIFETIME)
+        except TokenError as exc:
+            return _message("This confirmation link cannot be used", f"The link {str(exc).removeprefix('this link ')}. "
+                            "Fill in the form again and we will send a new one.", HTTP_400_BAD_REQUEST)
+        result = await confirm(int(state["l"]), int(state["p"]))
+        if result is None:
+            return _message("This confirmation link cannot be used", "The request it belongs to no longer exists.",
+                            HTTP_410_GONE)
         await enqueue_after_commit(arq, result.lead_id, result.due)
-        return Template(
-            template_name="landing/thanks.html",
-            context={"ebook": ebook, "topic": topic, "email": form.email},
-            cookies=cookies,
+        title = "You had already confirmed" if result.already else "Thank you for confirming"
+        return _message(title, "Your ebook is ready.", link=f"/d/{result.download_token}", link_text="Download the PDF")
+
+
+def _preference_lead(token: str) -> int:
+    return int(unsign("preferences", token))
+
+
+class PreferencesController(Controller):
+    """The preference page every letter links to: topics, unsubscribe, export, erase."""
+
+    path = "/p"
+
+    @get("/{token:str}")
+    async def show(self, token: FromPath[str], saved: FromQuery[str] = "") -> Template:
+        """Show the lead's choices."""
+        try:
+            lead_id = _preference_lead(token)
+        except TokenError as exc:
+            return _message("This link cannot be used", str(exc).capitalize() + ".", HTTP_400_BAD_REQUEST)
+        lead = await Lead.select(Lead.email, Lead.erased_at).where(Lead.id == lead_id).first()
+        if lead is None or lead["erased_at"] is not None or not lead["email"]:
+            return _message("Nothing is kept here", "The data behind this link has been erased.", HTTP_410_GONE)
+        return Template(template_name="landing/preferences.html", context={
+            "token": token, "email": lead["email"], "topics": await topic_choices(lead_id),
+            "unsubscribed": await is_suppressed(lead["email"]), "saved": saved,
+        })
+
+    @post("/{token:str}", status_code=HTTP_303_SEE_OTHER)
+    async def save(self, request: Request, token: FromPath[str], arq: NamedDependency[ArqRedis | None]) -> Template | Redirect:
+        """Save topic choices, unsubscribe from everything, or ask for an export or erasure."""
+        try:
+            lead_id = _preference_lead(token)
+        except TokenError as exc:
+            return _message("This link cannot be used", str(exc).capitalize() + ".", HTTP_400_BAD_REQUEST)
+        lead = await Lead.select(Lead.email, Lead.erased_at).where(Lead.id == lead_id).first()
+        if lead is None or lead["erased_at"] is not None or not lead["email"]:
+            return _message("Nothing is kept here", "The data behind this link has been erased.", HTTP_410_GONE)
+        data = await _form(request)
+        action = data.get("action", "save")
+        if action == "save":
+            chosen = {int(k.removeprefix("topic-")) for k in data if k.startswith("topic-") and k[6:].isdigit()}
+            await set_topic_preferences(lead_id, chosen)
+            await enqueue_after_commit(arq, lead_id)
+            return Redirect(f"/p/{token}?saved=topics", status_code=HTTP_303_SEE_OTHER)
+        if action == "unsubscribe":
+            if await suppress(lead["email"], SuppressionReason.unsubscribe, "preference page") is not None:
+                await enqueue_after_commit(arq, lead_id)
+            return Redirect(f"/p/{token}?saved=unsubscribed", status_code=HTTP_303_SEE_OTHER)
+        if action in ("export", "erase"):
+            verdict = await hit(arq, [(limit_key(f"rights-{action}", str(lead_id)), get_settings().capture_limit_email)])
+            if not verdict.allowed:
+                return _message("Too many requests", f"Please try again in {verdict.retry_after} seconds.",
+                                HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": str(verdict.retry_after)})
+            now = datetime.now(timezone.utc)
+            notice_id = await queue_notice(lead_id, NoticeKind.rights, f"rights:{action}:{lead_id}:{int(now.timestamp())}",
+                                           {"action": action}, now)
+            await enqueue_after_commit(arq, None, notice_id=notice_id)
+            # The link goes to the mailbox, not this page: a forwarded letter must not
+            # be enough to read or erase someone's data.
+            return Redirect(f"/p/{token}?saved={action}", status_code=HTTP_303_SEE_OTHER)
+        return _message("Unknown request", "Go back and choose one of the buttons.", HTTP_400_BAD_REQUEST)
+
+
+def _rights_state(token: str) -> tuple[int, str]:
+    state = unsign("rights", token, max_age_seconds=RIGHTS_LIFETIME)
+    return int(state["l"]), str(state["a"])
+
+
+class RightsController(Controller):
+    """Links from the data-request letter: /r/<token> asks, its POST exports or erases."""
+
+    path = "/r"
+
+    @get("/{token:str}")
+    async def ask(self, token: FromPath[str]) -> Template:
+        """Show the export or erase button."""
+        try:
+            lead_id, action = _rights_state(token)
+        except TokenError as exc:
+            return _message("This link cannot be used", f"The link {str(exc).removeprefix('this link ')}. "
+                            "Ask again from the preference page.", HTTP_400_BAD_REQUEST)
+        lead = await Lead.select(Lead.erased_at).where(Lead.id == lead_id).first()
+        if lead is None or lead["erased_at"] is not None:
+            return _message("Nothing is kept here", "The data behind this link has been erased.", HTTP_410_GONE)
+        if action == "erase":
+            return _message("Erase your data?", "Your name, address and history will be removed and cannot be "
+                            "brought back. We keep only a fingerprint of the address so we never write to it again.",
+                            button="Erase my data", action=f"/r/{token}")
+        return _message("Your data", "Download everything we hold about you as a JSON file.",
+                        button="Download my data", action=f"/r/{token}")
+
+    @post("/{token:str}", status_code=HTTP_200_OK)
+    async def act(self, token: FromPath[str], arq: NamedDependency[ArqRedis | None]) -> Response[bytes] | Template:
+        """Export the lead's data as JSON, or erase it."""
+        try:
+            lead_id, action = _rights_state(token)
+        except TokenError as exc:
+            return _message("This link cannot be used", f"The link {str(exc).removeprefix('this link ')}. "
+                            "Ask again from the preference page.", HTTP_400_BAD_REQUEST)
+        if action == "erase":
+            erased = await erase_lead(lead_id)
+            if not erased:
+                return _message("Already erased", "There was nothing left to erase.", HTTP_410_GONE)
+            return _message("Your data is erased", "We will not write to you again.")
+        data = await export_lead(lead_id)
+        if data is None or data["lead"]["erased_at"] is not None:
+            return _message("Nothing is kept here", "The data behind this link has been erased.", HTTP_410_GONE)
+        return Response(
+            json.dumps(data, indent=2, ensure_ascii=False).encode(), media_type="application/json",
+            headers={"Content-Disposition": 'attachment; filename="my-data.json"', "Cache-Control": "no-store"},
         )
 
 
@@ -141,9 +447,11 @@ class UnsubscribeController(Controller):
             return Template(template_name="landing/unsubscribe.html", context={"error": str(exc)}, status_code=400)
         lead = await Lead.select(Lead.email).where(Lead.id == lead_id).first()
         email = (lead or {}).get("email") or ""
+        preferences = f"/p/{sign('preferences', lead_id)}"
         if email and await is_suppressed(email):
-            return Template(template_name="landing/unsubscribe.html", context={"done": True, "already": True})
-        return Template(template_name="landing/unsubscribe.html", context={"email": email})
+            return Template(template_name="landing/unsubscribe.html",
+                            context={"done": True, "already": True, "preferences": preferences})
+        return Template(template_name="landing/unsubscribe.html", context={"email": email, "preferences": preferences})
 
     @post("/{token:str}", status_code=HTTP_200_OK)
     async def unsubscribe(self, token: FromPath[str], arq: NamedDependency[ArqRedis | None]) -> Template:
@@ -155,7 +463,7 @@ class UnsubscribeController(Controller):
         lead = await Lead.objects().where(Lead.id == lead_id).first()
         if lead is not None and lead.email:
             if await suppress(lead.email, SuppressionReason.unsubscribe, "one-click") is not None:
-                await enqueue_after_commit(arq, lead.id, None)
+                await enqueue_after_commit(arq, lead.id)
         return Template(template_name="landing/unsubscribe.html", context={"done": True})
 
 
@@ -164,8 +472,6 @@ async def index() -> Template:
     """List the published landing pages."""
     pages = await LandingPage.objects().where(LandingPage.published == True).order_by(LandingPage.title)  # noqa: E712
     return Template(template_name="landing/index.html", context={"pages": pages})
-
-
 
 
 @get("/favicon.ico", include_in_schema=False, status_code=204, cache_control=CacheControlHeader(max_age=86400))

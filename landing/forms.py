@@ -51,13 +51,19 @@ def clean_text(value: str, limit: int, label: str) -> str:
     return value
 
 
-def validate_capture(data: dict[str, str], wanted_fields: list[str], require_consent: bool = True) -> CaptureForm:
-    """Check a submitted form against the fields the page asks for."""
+def validate_capture(data: dict[str, str], wanted_fields: list[str], require_consent: bool = True,
+                     require_email: bool = True) -> CaptureForm:
+    """Check a submitted form against the fields the page asks for.
+
+    `require_email` is False for a returning lead (known by its cookie), who may leave the
+    email out; one it does give is checked as usual.
+    """
     form = CaptureForm()
-    try:
-        form.email = normalise_email(data.get("email", ""))
-    except ValueError as exc:
-        form.errors["email"] = str(exc)
+    if require_email or data.get("email", "").strip():
+        try:
+            form.email = normalise_email(data.get("email", ""))
+        except ValueError as exc:
+            form.errors["email"] = str(exc)
     for name in wanted_fields:
         if name not in OPTIONAL_FIELDS:
             continue

@@ -63,7 +63,8 @@ class Lead(Table):
                        help_text="The topic of first interest (the landing page or the import).")
     outcome_at = Timestamptz(null=True, default=None, help_text="When the stage became won, qualified or lost.")
     historical = Boolean(default=False, help_text="Imported for training only; never mailed.")
-    confirmed = Boolean(default=False)
+    confirmed = Boolean(default=False, help_text="Confirmed the address by double opt-in.")
+    erased_at = Timestamptz(null=True, default=None, help_text="When the lead's personal data was erased (the row stays for counts).")
     created_at = Timestamptz(default=TimestamptzNow(), index=True)
     updated_at = Timestamptz(default=TimestamptzNow(), auto_update=TimestamptzNow().python)
 
@@ -112,3 +113,46 @@ class Conversion(Table):
     kind = Varchar(length=60, default="order")
     value = Real(default=0.0)
     occurred_at = Timestamptz(default=TimestamptzNow(), index=True)
+
+
+class TopicPreference(Table):
+    """A lead's choice about one topic's letters, made on the preference page."""
+
+    lead = ForeignKey(references=Lead, on_delete=OnDelete.cascade, index=True)
+    topic = ForeignKey(references=Topic, on_delete=OnDelete.cascade)
+    subscribed = Boolean(default=True)
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class ApiKeyScope(str, Enum):
+    server = "server"
+    """Called from the company's own servers: any event type, may name a lead by email."""
+    browser = "browser"
+    """Embedded in the tracking snippet, so public: anonymous page views and clicks only."""
+
+
+class ApiKey(Table):
+    """A key for POST /api/events; only its hash is kept, the key is shown once when made."""
+
+    name = Varchar(length=100)
+    prefix = Varchar(length=16, help_text="The key's first characters, to recognise it.")
+    key_hash = Varchar(length=64, unique=True, index=True)
+    scope = Varchar(length=10, choices=ApiKeyScope, default=ApiKeyScope.browser)
+    allowed_origins = Text(default="", help_text="Browser keys: sites allowed to send events, one origin a line (https://www.example.com). Empty: any.")
+    active = Boolean(default=True)
+    created_at = Timestamptz(default=TimestamptzNow())
+    last_used_at = Timestamptz(null=True, default=None)
+
+    @classmethod
+    def get_readable(cls):
+        return Readable(template="%s", columns=[cls.name])
+
+
+class UrlTopic(Table):
+    """Maps visits to pages of the company's site (pricing, service pages) to a topic."""
+
+    pattern = Varchar(length=300, help_text="A URL path with * wildcards, e.g. /services/seo/* or */pricing*.")
+    topic = ForeignKey(references=Topic, on_delete=OnDelete.cascade)
+    event_type = Varchar(length=40, default="page_view", help_text="page_view, or pricing_view for pricing pages.")
+    priority = Integer(default=100, help_text="Lower first; the first matching pattern wins.")
+    active = Boolean(default=True)

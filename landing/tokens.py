@@ -30,3 +30,18 @@ def unsign(purpose: str, token: str, max_age_seconds: int | None = None) -> Any:
         raise TokenError("this link has expired") from None
     except BadSignature:
         raise TokenError("this link is not valid") from None
+
+
+def public_link(path: str) -> str:
+    """An absolute URL on this server, as visitors and letters reach it."""
+    return f"{get_settings().public_url}{path}"
+
+
+def unsubscribe_url(lead_id: int) -> str:
+    """One-click unsubscribe (RFC 8058): no expiry, a letter may be read months later."""
+    return public_link(f"/u/{sign('unsubscribe', lead_id)}")
+
+
+def preferences_url(lead_id: int) -> str:
+    """The lead's preference page (topics, unsubscribe, export, erase): in every letter."""
+    return public_link(f"/p/{sign('preferences', lead_id)}")

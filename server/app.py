@@ -11,7 +11,8 @@ from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from litestar import Litestar, Request, Response, asgi
 from litestar.config.csrf import CSRFConfig
-from litestar.datastructures import State
+from litestar.datastructures import CacheControlHeader, State
+from litestar.static_files import create_static_files_router
 from litestar.di import Provide
 from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
@@ -22,6 +23,7 @@ from litestar.types import Receive, Scope, Send
 from piccolo.engine import engine_finder
 from piccolo.engine.postgres import PostgresEngine
 
+from landing.pageviews import PageViewBuffer
 from server.health import health
 from server.settings import get_settings
 
@@ -43,13 +45,27 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     if settings.redis_url:
         arq = await create_pool(RedisSettings.from_dsn(settings.redis_url))
     app.state.arq = arq
+    app.state.page_views = page_view_buffer(arq, settings.page_view_flush_ms)
     try:
         yield
     finally:
+        await app.state.page_views.close()
         if arq is not None:
             await arq.aclose()
         if own_pool:
             await engine.close_connection_pool()
+
+
+def page_view_buffer(arq: ArqRedis | None, interval_ms: int) -> PageViewBuffer:
+    """Page views batched per process; known leads among the visitors are rescored after."""
+    from landing.service import write_page_views
+
+    async def rescore(lead_ids: set[int]) -> None:
+        if arq is not None:
+            for lead_id in lead_ids:
+                await arq.enqueue_job("rescore_lead", lead_id)
+
+    return PageViewBuffer(write_page_views, rescore, interval_ms)
 
 
 def provide_arq(state: State) -> ArqRedis | None:
@@ -66,7 +82,17 @@ def not_found(request: Request, exc: NotFoundException) -> Response:
 def create_app() -> Litestar:
     """Compose the web app from the domains."""
     from admin.site import ADMIN_APP
-    from landing.controllers import LandingController, UnsubscribeController, favicon, index
+    from landing.api import SECURITY_COMPONENTS, ApiController, snippet
+    from landing.controllers import (
+        ConfirmController,
+        DownloadController,
+        LandingController,
+        PreferencesController,
+        RightsController,
+        UnsubscribeController,
+        favicon,
+        index,
+    )
 
     @asgi("/admin", is_mount=True, copy_scope=True)
     async def admin(scope: Scope, receive: Receive, send: Send) -> None:
@@ -79,8 +105,13 @@ def create_app() -> Litestar:
         await ADMIN_APP(scope, receive, send)  # type: ignore[arg-type]
 
     settings = get_settings()
+    covers = settings.data_dir / "media" / "covers"
+    covers.mkdir(parents=True, exist_ok=True)
+    media = create_static_files_router(path="/media/covers", directories=[covers], name="covers",
+                                       cache_control=CacheControlHeader(max_age=3600, public=True))
     return Litestar(
-        route_handlers=[index, favicon, LandingController, UnsubscribeController, health, admin],
+        route_handlers=[index, favicon, LandingController, DownloadController, ConfirmController, PreferencesController,
+                        RightsController, UnsubscribeController, ApiController, snippet, media, health, admin],
         dependencies={"arq": Provide(provide_arq, sync_to_thread=False)},
         lifespan=[lifespan],
         template_config=TemplateConfig(directory=TEMPLATE_DIRS, engine=JinjaTemplateEngine),
@@ -98,6 +129,7 @@ def create_app() -> Litestar:
             exclude=["^/admin(/|$)", "^/api/", "^/u/", "^/health$"],
         ),
         exception_handlers={NotFoundException: not_found},
-        openapi_config=OpenAPIConfig(title="leadkiln", version="0.1.0", path="/api/schema"),
+        openapi_config=OpenAPIConfig(title="leadkiln", version="0.1.0", path="/api/schema",
+                                     components=SECURITY_COMPONENTS),
         request_max_body_size=64 * 1024,
     )

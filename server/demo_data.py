@@ -6,7 +6,7 @@ import random
 from datetime import datetime, timedelta, timezone
 
 from content.tables import Chain, ChainStatus, Ebook, LandingPage, Offer, OfferKind, Step, StepKind
-from landing.tables import Event, Lead, LeadStage, Topic
+from landing.tables import Event, Lead, LeadStage, Topic, UrlTopic
 from scoring.service import rescore_lead
 from scoring.tables import ScoringRule
 
@@ -42,6 +42,22 @@ LETTERS = [
 ]
 
 
+def _ebook_body(spec: dict[str, str]) -> str:
+    """A short book: an introduction and one chapter per bullet point, a few paragraphs each."""
+    chapters = [f"# Introduction\n\nThis guide is for small teams who want results in {spec['name']} without a "
+                "consultant. Each chapter takes ten minutes to read and ends with one thing to do this week.\n"]
+    for number, bullet in enumerate(spec["bullets"].splitlines(), start=1):
+        chapters.append(
+            f"# {number}. {bullet}\n\n"
+            f"Most teams skip this step, and it shows in their {spec['name']} numbers. Here is how to do it well.\n\n"
+            "## What to look at\n\nStart with last month's figures. Write down the three that moved most, and why "
+            "you think they moved. Keep the list short: what you cannot explain in a sentence, you cannot fix.\n\n"
+            "## What to do this week\n\n1. Pick one of the three.\n2. Change one thing about it.\n"
+            "3. Measure again in two weeks, and keep what worked.\n"
+        )
+    return "\n".join(chapters)
+
+
 async def seed_demo(delay_minutes: int = 1, historical_leads: int = 150, seed: int = 7) -> bool:
     """Create the demo content once; returns False if it was already there."""
     if await Topic.exists().where(Topic.slug == TOPICS[0]["slug"]):
@@ -56,11 +72,15 @@ async def seed_demo(delay_minutes: int = 1, historical_leads: int = 150, seed: i
             await topic.save()
             topic_ids.append(topic.id)
             ebook = Ebook(title=spec["ebook"], slug=f"{spec['slug']}-ebook", topic=topic.id,
-                          body_markdown=f"# {spec['ebook']}\n\n" + "\n".join(f"## {b}\n\nText." for b in spec["bullets"].splitlines()))
+                          subtitle=spec["headline"], author="Maria Lopez, leadkiln", body_markdown=_ebook_body(spec))
             await ebook.save()
             await LandingPage(slug=spec["slug"], title=spec["ebook"], headline=spec["headline"],
                               body_markdown=f"A free, practical guide to **{spec['name']}** for small teams.",
-                              bullets=spec["bullets"], ebook=ebook.id, form_fields="first_name,company").save()
+                              description=f"Free ebook: {spec['headline']}.", bullets=spec["bullets"], ebook=ebook.id,
+                              form_fields="first_name,company,role",
+                              # One page shows double opt-in: the ebook follows a confirmation letter.
+                              double_opt_in=spec["slug"] == "analytics").save()
+            await UrlTopic(pattern=f"/services/{spec['slug']}*", topic=topic.id).save()
             chain = Chain(name=f"{spec['name']} nurture", topic=topic.id, status=ChainStatus.active, hot_threshold=30,
                           sender_name="Maria from leadkiln", sender_email="maria@leadkiln.localhost")
             await chain.save()
@@ -74,7 +94,8 @@ async def seed_demo(delay_minutes: int = 1, historical_leads: int = 150, seed: i
             await Offer(chain=chain.id, kind=OfferKind.cold, subject=f"When you are ready: our {spec['name']} service",
                         body_markdown=f"Hi {{{{ lead.first_name | default(\"there\") }}}},\n\nWhen you want help with {spec['name']}, our team does it for you. Reply to order.\n").save()
         await ScoringRule.insert(
-            ScoringRule(name="Downloaded an ebook", event_type="download", points=20, half_life_days=30),
+            ScoringRule(name="Asked for an ebook", event_type="form_submit", points=10, half_life_days=30),
+            ScoringRule(name="Downloaded an ebook", event_type="download", points=20, daily_cap=20, half_life_days=30),
             ScoringRule(name="Viewed a landing page", event_type="page_view", points=3, daily_cap=3, half_life_days=14),
             ScoringRule(name="Opened a letter", event_type="email_open", points=2, daily_cap=2, half_life_days=14),
             ScoringRule(name="Clicked a link in a letter", event_type="email_click", points=8, half_life_days=21),

@@ -63,6 +63,21 @@ class SmtpConfig:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """At most `count` hits per `seconds` (a fixed window shared through Redis)."""
+
+    count: int
+    seconds: int
+
+    @classmethod
+    def parse(cls, variable: str, value: str) -> "RateLimit":
+        count, _, seconds = value.partition("/")
+        if not (count.strip().isdigit() and seconds.strip().isdigit() and int(seconds) > 0):
+            raise ConfigError(variable, f"{value!r} is not COUNT/SECONDS, e.g. 20/60")
+        return cls(int(count), int(seconds))
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything leadkiln reads from its environment."""
 
@@ -86,6 +101,23 @@ class Settings:
     """MAIL_FROM: default sender for letters when a chain names none."""
     db_pool_size: int = 10
     """DB_POOL_SIZE: PostgreSQL connections per process."""
+    capture_limit_ip: "RateLimit" = None  # type: ignore[assignment]
+    """CAPTURE_LIMIT_IP: form submissions one IP address may make, `COUNT/SECONDS` (default 20/60)."""
+    capture_limit_email: "RateLimit" = None  # type: ignore[assignment]
+    """CAPTURE_LIMIT_EMAIL: submissions naming one address, `COUNT/SECONDS` (default 5/3600)."""
+    api_limit_key: "RateLimit" = None  # type: ignore[assignment]
+    """API_LIMIT_KEY: events one API key may send, `COUNT/SECONDS` (default 600/60)."""
+    trusted_proxies: frozenset[str] = frozenset()
+    """TRUSTED_PROXIES: addresses of reverse proxies whose X-Forwarded-For names the visitor."""
+    page_view_flush_ms: int = 200
+    """PAGE_VIEW_FLUSH_MS: page views are written in batches this often; 0 writes each at once."""
+
+    def __post_init__(self) -> None:
+        defaults = {"capture_limit_ip": RateLimit(20, 60), "capture_limit_email": RateLimit(5, 3600),
+                    "api_limit_key": RateLimit(600, 60)}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
 
     @property
     def mail_domain(self) -> str:
@@ -256,6 +288,15 @@ def read_settings() -> Settings:
     pool = os.environ.get("DB_POOL_SIZE", "10")
     if not pool.isdigit() or int(pool) < 1:
         raise ConfigError("DB_POOL_SIZE", f"{pool!r} is not a positive whole number")
+    flush = os.environ.get("PAGE_VIEW_FLUSH_MS", "200")
+    if not flush.isdigit():
+        raise ConfigError("PAGE_VIEW_FLUSH_MS", f"{flush!r} is not a whole number of milliseconds")
+    limits = {
+        name: RateLimit.parse(variable, os.environ[variable])
+        for name, variable in (("capture_limit_ip", "CAPTURE_LIMIT_IP"), ("capture_limit_email", "CAPTURE_LIMIT_EMAIL"),
+                               ("api_limit_key", "API_LIMIT_KEY"))
+        if os.environ.get(variable)
+    }
     return Settings(
         data_dir=data_dir,
         database_url=database_url,
@@ -267,6 +308,9 @@ def read_settings() -> Settings:
         public_url=public_url,
         mail_from=os.environ.get("MAIL_FROM") or "leadkiln <hello@leadkiln.localhost>",
         db_pool_size=int(pool),
+        trusted_proxies=frozenset(p.strip() for p in os.environ.get("TRUSTED_PROXIES", "").split(",") if p.strip()),
+        page_view_flush_ms=int(flush),
+        **limits,
     )
 
 

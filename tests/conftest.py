@@ -33,6 +33,8 @@ def pytest_configure(config: pytest.Config) -> None:
         PUBLIC_URL="http://testserver.local",
         SECRET_KEY="test-secret-key-not-for-production",
         PICCOLO_CONF="server.piccolo_conf",
+        # Page views written at once: tests read them right after the request.
+        PAGE_VIEW_FLUSH_MS="0",
     )
     os.environ.pop("SMTP_URL", None)
     from server.cli import run_migrations

@@ -8,6 +8,8 @@ from typing import Any
 
 from content.chains import due_enrollments, queue_send
 from content.delivery import report_stuck_deliveries, send_due_step
+from content.ebooks import EbookUnavailable, rendered_ebook
+from content.notices import due_notices, notice_job_id, send_notice as send_notice_service
 from server.piccolo_conf import checkpoint
 from scoring.service import rescore_all, train
 from scoring.service import rescore_lead as rescore_lead_service
@@ -23,6 +25,23 @@ async def send_step(ctx: dict[str, Any], enrollment_id: int) -> str:
     if result.outcome.value in ("retry", "bounced", "unknown", "gave_up"):
         log.warning("enrollment %s: %s %s", enrollment_id, result.outcome.value, result.detail)
     return result.outcome.value
+
+
+async def send_notice(ctx: dict[str, Any], notice_id: int) -> str:
+    """Send a letter a visitor asked for (confirmation, download link, data request)."""
+    result = await send_notice_service(notice_id, ctx["relay"])
+    if result.status not in ("sent", "already"):
+        log.warning("notice %s: %s %s", notice_id, result.status, result.detail)
+    return result.status
+
+
+async def render_ebook(ctx: dict[str, Any], ebook_id: int) -> str:
+    """Render an edited ebook now, so the first download after the edit does not wait."""
+    try:
+        path = await rendered_ebook(ebook_id)
+    except EbookUnavailable as exc:
+        return f"not rendered: {exc}"
+    return str(path)
 
 
 async def rescore_lead(ctx: dict[str, Any], lead_id: int) -> None:
@@ -56,6 +75,11 @@ async def sweep(ctx: dict[str, Any]) -> int:
             queued += await queue_send(ctx["redis"], due)
         except Exception:  # noqa: BLE001 - one bad row must not stop the rest of the sweep
             log.exception("sweeper could not queue enrollment %s", due.enrollment_id)
+    for notice_id, attempts in await due_notices():
+        try:
+            queued += bool(await ctx["redis"].enqueue_job("send_notice", notice_id, _job_id=notice_job_id(notice_id, attempts)))
+        except Exception:  # noqa: BLE001
+            log.exception("sweeper could not queue notice %s", notice_id)
     if queued:
         log.info("sweeper queued %d due letters", queued)
     return queued

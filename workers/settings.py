@@ -51,6 +51,8 @@ class WorkerSettings:
         # keep_result=0: a finished send frees its job id at once, so the sweeper can queue
         # the step again if it is still due (a retry after a refusal).
         func(jobs.send_step, keep_result=0, max_tries=5),
+        func(jobs.send_notice, keep_result=0, max_tries=5),
+        func(jobs.render_ebook, keep_result=0, max_tries=2, timeout=600),
         func(jobs.rescore_lead, keep_result=0, max_tries=3),
     ]
     cron_jobs = [

@@ -15,9 +15,9 @@ import httpx
 
 # Children first, so deletes never trip a foreign key.
 TABLES_IN_DELETE_ORDER = [
-    "delivery", "enrollment", "offer", "step", "chain", "landing_page", "ebook",
+    "delivery", "enrollment", "notice", "download_link", "offer", "step", "chain", "landing_page", "ebook",
     "score_history", "score", "scoring_model", "scoring_rule", "lead_attribute",
-    "consent", "conversion", "event", "visitor", "lead", "topic",
+    "consent", "conversion", "event", "visitor", "topic_preference", "lead", "url_topic", "api_key", "topic",
     "caught_mail", "suppression", "sessions", "piccolo_user",
 ]
 
@@ -51,6 +51,11 @@ async def clean_state(database_pool: None) -> AsyncIterator[None]:
     from scoring.service import forget_cached
 
     forget_cached()  # rules, topics and the model of the previous test are gone
+    from landing.api import forget_url_topics
+    from landing.service import forget_pages
+
+    forget_pages()
+    forget_url_topics()
     yield
 
 
@@ -93,10 +98,19 @@ class Sink:
         return self.catcher.url
 
     def messages(self) -> list[EmailMessage]:
+        """Every letter caught, in arrival order."""
         return [
             email.message_from_bytes(path.read_bytes(), policy=email.policy.default)  # type: ignore[misc]
             for path in sorted(self.mail_dir.glob("*.eml"))
         ]
+
+    def letters(self) -> list[EmailMessage]:
+        """Chain letters only (their Message-IDs name the delivery: <lk.D.E.P@…>)."""
+        return [m for m in self.messages() if not str(m["Message-ID"]).startswith("<lk.n")]
+
+    def notices(self) -> list[EmailMessage]:
+        """Letters a visitor asked for: confirmation, download link, data request (<lk.nN@…>)."""
+        return [m for m in self.messages() if str(m["Message-ID"]).startswith("<lk.n")]
 
 
 @pytest.fixture

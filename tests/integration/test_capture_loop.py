@@ -18,8 +18,10 @@ async def submit(client, slug: str, **fields: str):
 
 async def test_form_capture_writes_lead_consent_events_and_enrollment(client, catalog) -> None:
     response = await submit(client, "seo", email="  Vera.Visitor@Example.ORG ", first_name="Vera", company="Acme", consent="on")
-    assert response.status_code == 200
-    assert "is on its way" in response.text
+    # Redirect after POST: a reload shows the thank-you page, it does not post again.
+    assert response.status_code == 303 and response.headers["location"].startswith("/l/seo/thanks?t=")
+    thanks = await client.get(response.headers["location"])
+    assert thanks.status_code == 200 and "is yours" in thanks.text and 'href="/d/' in thanks.text
 
     lead = await Lead.objects().get(Lead.email == "vera.visitor@example.org")
     assert (lead.first_name, lead.company) == ("Vera", "Acme")
@@ -27,7 +29,7 @@ async def test_form_capture_writes_lead_consent_events_and_enrollment(client, ca
     assert consent.page_url == "/l/seo" and consent.version == "v1" and "unsubscribe" in consent.text
     types = sorted(r["type"] for r in await Event.select(Event.type).where(Event.lead == lead.id))
     # The page view made before the email was known now belongs to the lead.
-    assert types == ["download", "form_submit", "page_view"]
+    assert types == ["form_submit", "page_view"]
     visitor = await Visitor.objects().get(Visitor.lead == lead.id)
     assert visitor.cookie_id == client.cookies.get("lk_vid")
     enrollment = await Enrollment.objects().get(Enrollment.lead == lead.id)
@@ -38,7 +40,7 @@ async def test_worker_sends_the_first_letter_to_the_mail_catcher(client, catalog
     await submit(client, "paid-ads", email="ann@example.net", first_name="Ann", consent="on")
     await run_worker_burst(sink.url)
 
-    messages = sink.messages()
+    messages = sink.letters()
     assert len(messages) == 5, "delays are zero: the whole 5-letter chain (4 letters and the offer) plays out"
     first = messages[0]
     assert first["To"] == "ann@example.net"
@@ -72,20 +74,20 @@ async def test_same_email_twice_is_one_lead_with_new_events_and_no_second_chain(
     assert await Enrollment.count() == 1
     await run_worker_burst(sink.url)
     steps = await Step.count().where(Step.chain == (await Enrollment.objects().first()).chain)
-    assert len(sink.messages()) == steps
+    assert len(sink.letters()) == steps
 
 
 async def test_hot_lead_gets_the_hot_offer(client, catalog, sink) -> None:
     from scoring.tables import ScoringRule
 
-    await ScoringRule.update({ScoringRule.points: 80}).where(ScoringRule.event_type == "download")
-    await submit(client, "analytics", email="cleo@example.com", consent="on")
+    await ScoringRule.update({ScoringRule.points: 80}).where(ScoringRule.event_type == "form_submit")
+    await submit(client, "seo", email="cleo@example.com", consent="on")
     from scoring.service import rescore_lead
 
     lead = await Lead.objects().first()
     await rescore_lead(lead.id)
     await run_worker_burst(sink.url)
-    assert sink.messages()[-1]["Subject"].startswith("Let us look at your Analytics")
+    assert sink.letters()[-1]["Subject"].startswith("Let us look at your SEO")
 
 
 async def test_a_known_lead_viewing_a_page_is_rescored_by_the_worker(client, catalog, sink) -> None:

@@ -31,7 +31,7 @@ async def test_a_letter_overdue_by_days_is_still_queued_and_sent(client, catalog
     # The workers were down for three days: the step's due time is far in the past.
     await Enrollment.update({Enrollment.due_at: _now() - timedelta(days=3)}).where(Enrollment.id == enrollment_id)
     await run_worker_burst(sink.url, sweep_first=True)
-    assert len(sink.messages()) == 5, "the overdue letter and the rest of the chain went out"
+    assert len(sink.letters()) == 5, "the overdue letter and the rest of the chain went out"
     assert await Delivery.count().where(Delivery.status == DeliveryStatus.sent) == 5
 
 
@@ -48,7 +48,7 @@ async def test_a_template_that_crashes_is_not_left_half_sent(client, catalog, si
     delivery = await Delivery.objects().first()
     assert delivery.status == DeliveryStatus.failed, "released for a retry, not stuck in flight"
     assert "TypeError" in delivery.smtp_reply
-    assert sink.messages() == []
+    assert sink.letters() == []
     enrollment = await Enrollment.objects().get(Enrollment.id == enrollment_id)
     assert enrollment.status == "active" and enrollment.due_at > _now(), "retried later, with backoff"
 
@@ -89,7 +89,7 @@ async def test_a_job_cancelled_before_smtp_releases_its_row(client, catalog, sin
     monkeypatch.undo()
     await _make_due(enrollment_id)
     await run_worker_burst(sink.url, sweep_first=True)
-    assert len(sink.messages()) == 5 and await Delivery.count() == 5
+    assert len(sink.letters()) == 5 and await Delivery.count() == 5
 
 
 class SenderRefusingHandler:
@@ -156,13 +156,13 @@ async def test_no_reply_after_the_data_is_reported_never_resent(client, catalog,
     # The sweeper leaves it alone: the relay may have delivered it.
     assert await due_enrollments() == []
     await run_worker_burst(sink.url, sweep_first=True)
-    assert sink.messages() == []
+    assert sink.letters() == []
 
     # A person checks the relay's log, finds it delivered and marks it sent in the admin:
     # the chain goes on from the next step, without the first letter again.
     await Delivery.update({Delivery.status: DeliveryStatus.sent}).where(Delivery.id == delivery.id)
     await run_worker_burst(sink.url, sweep_first=True)
-    subjects = [str(m["Subject"]) for m in sink.messages()]
+    subjects = [str(m["Subject"]) for m in sink.letters()]
     assert len(subjects) == 4, subjects
     assert await Delivery.count() == 5
 
@@ -184,5 +184,5 @@ async def test_rows_left_by_a_dead_worker_are_settled_by_what_they_may_have_done
     statuses = {r["enrollment"]: r["status"] for r in await Delivery.select(Delivery.enrollment, Delivery.status)}
     assert statuses == {claimed_id: DeliveryStatus.failed, sending_id: DeliveryStatus.unknown}
     await run_worker_burst(sink.url, sweep_first=True)
-    recipients = {str(m["To"]) for m in sink.messages()}
+    recipients = {str(m["To"]) for m in sink.letters()}
     assert recipients == {"vera@example.com"}, "the never-sent letter is retried; the maybe-sent one is not"

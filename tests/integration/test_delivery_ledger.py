@@ -19,7 +19,7 @@ from tests.integration.conftest import landing_form, run_worker_burst
 async def capture(client, email: str, slug: str = "seo") -> int:
     token = await landing_form(client, slug)
     response = await client.post(f"/l/{slug}", data={"_csrf_token": token, "email": email, "consent": "on"})
-    assert response.status_code == 200
+    assert response.status_code == 303
     lead = await Lead.objects().get(Lead.email == email)
     return (await Enrollment.objects().get(Enrollment.lead == lead.id)).id
 
@@ -32,7 +32,7 @@ async def test_the_same_step_sent_twice_at_once_goes_out_once(client, catalog, s
     await relay_b.close()
     outcomes = sorted(r.outcome for r in results)
     assert outcomes.count(Outcome.sent) == 1, outcomes
-    assert len(sink.messages()) == 1
+    assert len(sink.letters()) == 1
     assert await Delivery.count() == 1
 
 
@@ -47,7 +47,7 @@ async def test_a_repeated_job_after_sending_does_not_resend(client, catalog, sin
     again = await send_due_step(enrollment_id, relay)
     await relay.close()
     assert again.outcome == Outcome.not_due
-    assert len(sink.messages()) == 1
+    assert len(sink.letters()) == 1
 
 
 async def test_sweeper_requeues_what_redis_lost(client, catalog, sink) -> None:
@@ -55,14 +55,14 @@ async def test_sweeper_requeues_what_redis_lost(client, catalog, sink) -> None:
     import os
 
     await capture(client, "jade@example.com")
-    await capture(client, "kim@example.com", slug="analytics")
+    await capture(client, "kim@example.com", slug="paid-ads")
     # Redis loses every queued job (flush or restart): the database still knows what is due.
     redis = Redis.from_url(os.environ["REDIS_URL"])
     await redis.flushdb()
     await redis.aclose()
     assert len(await due_enrollments()) == 2
     await run_worker_burst(sink.url, sweep_first=True)
-    recipients = sorted(str(m["To"]) for m in sink.messages())
+    recipients = sorted(str(m["To"]) for m in sink.letters())
     assert recipients == ["jade@example.com"] * 5 + ["kim@example.com"] * 5
 
 
@@ -117,5 +117,5 @@ async def test_suppressed_address_gets_nothing(client, catalog, sink) -> None:
     enrollment_id = await capture(client, "mo@example.com")
     await suppress("MO@example.com", SuppressionReason.unsubscribe)
     await run_worker_burst(sink.url)
-    assert sink.messages() == []
+    assert sink.letters() == []
     assert (await Enrollment.objects().get(Enrollment.id == enrollment_id)).status == "exited"

@@ -6,7 +6,7 @@ import re
 
 from content.tables import Enrollment, Suppression
 from content.delivery import email_hash
-from landing.tables import Consent, Event, Lead
+from landing.tables import Consent, Event, Lead, Visitor
 from landing.tokens import sign
 from tests.integration.conftest import landing_form
 
@@ -85,8 +85,11 @@ async def test_filled_honeypot_looks_accepted_but_stores_nothing(client, catalog
     token = await landing_form(client, "seo")
     response = await client.post("/l/seo", data={"_csrf_token": token, "email": "bot@example.com", "consent": "on",
                                                  "website": "http://spam.example"})
-    assert response.status_code == 200 and "is on its way" in response.text
-    assert await Lead.count() == 0 and await Enrollment.count() == 0
+    assert response.status_code == 303
+    thanks = await client.get(response.headers["location"])
+    assert thanks.status_code == 200 and "please confirm" in thanks.text
+    assert await Lead.count() == 0 and await Enrollment.count() == 0 and await Visitor.count() == 1
+    assert await Consent.count() == 0 and await Event.count() == 1, "only the page view before the POST"
 
 
 async def test_unsubscribe_get_only_asks_and_post_suppresses_at_once(client, catalog) -> None:

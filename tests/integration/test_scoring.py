@@ -129,11 +129,11 @@ async def test_a_new_event_rescores_and_crossing_into_hot_emits_one_event(client
     lead = await Lead.objects().get(Lead.email == "warm@example.com")
     seo = lead.topic
     scores = await rescore_lead(lead.id)
-    # Demo rules: a download (20) and a landing page view (3); the demo topics' threshold is 30.
-    assert scores[seo] == pytest.approx(23, abs=0.1)
+    # Demo rules: asking for an ebook (10) and a landing page view (3); the demo topics' threshold is 30.
+    assert scores[seo] == pytest.approx(13, abs=0.1)
     score = await Score.objects().output(load_json=True).where((Score.lead == lead.id) & (Score.topic == seo)).first()
     assert not score.hot and score.model_version == "rules"
-    assert {f["factor"] for f in score.explanation} == {"Downloaded an ebook", "Viewed a landing page"}
+    assert {f["factor"] for f in score.explanation} == {"Asked for an ebook", "Viewed a landing page"}
 
     await Event.insert(Event(type="page_view", lead=lead.id, topic=seo, properties={"url": "https://x.example/pricing"}))
     scores = await rescore_lead(lead.id)
@@ -154,8 +154,10 @@ async def test_decay_shows_when_everyone_is_rescored_later(client, catalog) -> N
     report = await rescore_all(now=datetime.now(timezone.utc) + timedelta(days=60))
     assert report.leads == 1 and report.scores == 3
     after = (await Score.objects().where((Score.lead == lead.id) & (Score.topic == lead.topic)).first()).combined
-    # The download (half-life 30 days) is worth a quarter after 60 days.
-    assert after == pytest.approx(before / 4, rel=0.15)
+    # The form (10 points, half-life 30 days) is worth a quarter after 60 days, the
+    # page view (3 points, half-life 14 days) about a twentieth.
+    assert before == pytest.approx(13, abs=0.1)
+    assert after == pytest.approx(10 / 4 + 3 * 0.5 ** (60 / 14), rel=0.05)
     assert await ScoreHistory.count().where(ScoreHistory.lead == lead.id) >= 2
 
 
