@@ -10,9 +10,12 @@ from piccolo_api.crud.validators import Validators
 from starlette.exceptions import HTTPException
 from piccolo_api.session_auth.tables import SessionsBase
 
-from content.tables import Chain, Delivery, Ebook, Enrollment, LandingPage, Offer, Step, Suppression
+from piccolo_api.media.local import LocalMediaStorage
+
+from admin.forms import api_key, lead_rights
+from content.tables import Chain, Delivery, DownloadLink, Ebook, Enrollment, LandingPage, Notice, Offer, Step, Suppression
 from landing.service import stamp_outcome_on_patch, stamp_outcome_on_save
-from landing.tables import Consent, Conversion, Event, Lead, Topic, Visitor
+from landing.tables import ApiKey, Consent, Conversion, Event, Lead, Topic, TopicPreference, UrlTopic, Visitor
 from scoring.tables import LeadAttribute, Score, ScoreHistory, ScoringModel, ScoringRule
 from server.settings import get_settings
 from server.tables import CaughtMail
@@ -21,9 +24,24 @@ def _read_only(piccolo_crud, request) -> None:
     raise HTTPException(status_code=405, detail="This table is a record: it cannot be edited here.")
 
 
+def _made_by_form(piccolo_crud, request) -> None:
+    raise HTTPException(status_code=405, detail="Make keys with the 'Create API key' form: it shows the key once.")
+
+
 READ_ONLY = Validators(post_single=[_read_only], put_single=[_read_only], patch_single=[_read_only],
                        delete_single=[_read_only], delete_all=[_read_only])
 """For tables that record what happened (caught mail): editing them would rewrite history."""
+
+def _media(column, folder: str, extensions: tuple[str, ...]) -> LocalMediaStorage:
+    path = get_settings().data_dir / "media" / folder
+    path.mkdir(parents=True, exist_ok=True)
+    return LocalMediaStorage(column=column, media_path=str(path), allowed_extensions=extensions)
+
+
+IMAGES = ("jpg", "jpeg", "png", "webp", "gif")
+COVERS = _media(Ebook.cover_image, "covers/ebooks", IMAGES)
+PAGE_COVERS = _media(LandingPage.cover_image, "covers/pages", IMAGES)
+PDFS = _media(Ebook.uploaded_pdf, "pdfs", ("pdf",))
 
 TABLES = [
     TableConfig(Lead, menu_group="Sales", visible_columns=[Lead.id, Lead.email, Lead.first_name, Lead.company, Lead.stage, Lead.source, Lead.created_at],
@@ -39,8 +57,11 @@ TABLES = [
     TableConfig(Consent, menu_group="Sales", visible_columns=[Consent.lead, Consent.version, Consent.page_url, Consent.given_at]),
     TableConfig(Visitor, menu_group="Sales", visible_columns=[Visitor.id, Visitor.lead, Visitor.first_seen_at, Visitor.last_seen_at]),
     TableConfig(Topic, menu_group="Content"),
-    TableConfig(Ebook, menu_group="Content", visible_columns=[Ebook.id, Ebook.title, Ebook.topic, Ebook.updated_at]),
-    TableConfig(LandingPage, menu_group="Content", visible_columns=[LandingPage.id, LandingPage.slug, LandingPage.title, LandingPage.ebook, LandingPage.published]),
+    TableConfig(Ebook, menu_group="Content", visible_columns=[Ebook.id, Ebook.title, Ebook.topic, Ebook.render_error, Ebook.rendered_at, Ebook.updated_at],
+                media_storage=[COVERS, PDFS]),
+    TableConfig(LandingPage, menu_group="Content", visible_columns=[LandingPage.id, LandingPage.slug, LandingPage.title, LandingPage.ebook, LandingPage.double_opt_in, LandingPage.published],
+                media_storage=[PAGE_COVERS]),
+    TableConfig(UrlTopic, menu_group="Content", visible_columns=[UrlTopic.id, UrlTopic.pattern, UrlTopic.topic, UrlTopic.event_type, UrlTopic.priority, UrlTopic.active]),
     TableConfig(Chain, menu_group="Content", visible_columns=[Chain.id, Chain.name, Chain.topic, Chain.status, Chain.hot_threshold, Chain.starts_at]),
     TableConfig(Step, menu_group="Content", visible_columns=[Step.chain, Step.position, Step.kind, Step.delay_minutes, Step.subject], visible_filters=[Step.chain]),
     TableConfig(Offer, menu_group="Content", visible_columns=[Offer.chain, Offer.kind, Offer.subject]),
@@ -49,6 +70,11 @@ TABLES = [
     TableConfig(Delivery, menu_group="Mail", visible_columns=[Delivery.id, Delivery.enrollment, Delivery.step, Delivery.status, Delivery.to_address, Delivery.subject, Delivery.sent_at],
                 visible_filters=[Delivery.status, Delivery.to_address], order_by=[OrderBy(Delivery.id, ascending=False)]),
     TableConfig(Suppression, menu_group="Mail"),
+    TableConfig(Notice, menu_group="Mail", visible_columns=[Notice.id, Notice.kind, Notice.lead, Notice.status, Notice.to_address, Notice.subject, Notice.sent_at],
+                visible_filters=[Notice.kind, Notice.status], order_by=[OrderBy(Notice.id, ascending=False)]),
+    TableConfig(DownloadLink, menu_group="Mail", visible_columns=[DownloadLink.id, DownloadLink.lead, DownloadLink.ebook, DownloadLink.downloads, DownloadLink.expires_at],
+                order_by=[OrderBy(DownloadLink.id, ascending=False)], validators=READ_ONLY),
+    TableConfig(TopicPreference, menu_group="Sales", visible_columns=[TopicPreference.lead, TopicPreference.topic, TopicPreference.subscribed, TopicPreference.updated_at]),
     TableConfig(CaughtMail, menu_group="Mail", visible_columns=[CaughtMail.id, CaughtMail.recipients, CaughtMail.subject, CaughtMail.received_at],
                 visible_filters=[CaughtMail.recipients, CaughtMail.subject], order_by=[OrderBy(CaughtMail.received_at, ascending=False)],
                 validators=READ_ONLY),
@@ -61,6 +87,8 @@ TABLES = [
     TableConfig(LeadAttribute, menu_group="Scoring", visible_columns=[LeadAttribute.name, LeadAttribute.kind, LeadAttribute.excluded,
                                                                       LeadAttribute.note]),
     TableConfig(ScoreHistory, menu_group="Scoring", visible_filters=[ScoreHistory.lead, ScoreHistory.topic]),
+    TableConfig(ApiKey, menu_group="System", visible_columns=[ApiKey.id, ApiKey.name, ApiKey.prefix, ApiKey.scope, ApiKey.active, ApiKey.last_used_at],
+                validators=Validators(post_single=[_made_by_form])),
     TableConfig(BaseUser, menu_group="System"),
 ]
 
@@ -71,6 +99,7 @@ ADMIN_APP = create_admin(
     session_table=SessionsBase,
     site_name="leadkiln",
     production=get_settings().public_url.startswith("https://"),
+    forms=[api_key.FORM, lead_rights.EXPORT_FORM, lead_rights.ERASE_FORM],
     sidebar_links={"Landing pages": "/"},
 )
 """The admin ASGI app: login required for everything under /admin/."""

@@ -233,10 +233,11 @@ class Server:
     def pgid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def stop(self) -> None:
+    def stop(self) -> float:
         """SIGTERM to the group, SIGKILL to whatever is left after 15 s."""
         if self.process is None:
-            return
+            return 0.0
+        started = time.monotonic()
         group = self.process.pid
         try:
             os.killpg(group, signal.SIGTERM)
@@ -256,6 +257,7 @@ class Server:
                 pass
             self.process.wait(timeout=5)
         self.process = None
+        return time.monotonic() - started
 
 
 def group_alive(group: int) -> bool:
@@ -663,7 +665,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         bare.stop()
-        app.stop()
+        stopped = app.stop()
+        if stopped > 3:
+            figures.notes.append(f"leadkiln took {stopped:.1f} s to stop after SIGTERM")
         summary(args, figures)
         print(f"\n  load average (1 5 15 min) at the end: {loadavg()}")
         if args.keep:

@@ -374,6 +374,11 @@ def run_load(scenario: Scenario, host: str, port: int, *, connections: int = 32,
             reports.append(part.report)
         total.report = scenario.merge_reports(reports)
         return total
+    except BaseException:
+        for child in children:  # interrupted: no reason to let them finish their window
+            if child.is_alive():
+                child.terminate()
+        raise
     finally:
         for child in children:
             child.join(timeout=5)

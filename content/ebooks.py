@@ -45,8 +45,8 @@ class LinkRefused(Exception):
 
 
 def media_dir() -> Path:
-    """Where uploaded files are kept, under DATA_DIR: `covers/` (public images) and `pdfs/`
-    (uploaded ebooks, only ever sent through a download link)."""
+    """Where uploaded files are kept, under DATA_DIR: `covers/ebooks/` and `covers/pages/`
+    (public images) and `pdfs/` (uploaded ebooks, only ever sent through a download link)."""
     return get_settings().data_dir / "media"
 
 
@@ -106,7 +106,7 @@ def book_html(ebook: Ebook, topic_name: str) -> str:
     body, entries = _with_contents(_markdown.render(ebook.body_markdown))
     cover_image = ""
     if ebook.cover_image:
-        cover_image = f'<img src="media:covers/{html.escape(ebook.cover_image, quote=True)}" alt="">'
+        cover_image = f'<img src="media:covers/ebooks/{html.escape(ebook.cover_image, quote=True)}" alt="">'
     contents = ""
     if entries:
         items = "".join(

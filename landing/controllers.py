@@ -146,8 +146,11 @@ def _page_context(request: Request, bundle: PageBundle, known: KnownLead | None,
 
 
 def _cover_url(bundle: PageBundle) -> str:
-    image = bundle.page.cover_image or bundle.ebook.cover_image
-    return f"/media/covers/{image}" if image else ""
+    if bundle.page.cover_image:
+        return f"/media/covers/pages/{bundle.page.cover_image}"
+    if bundle.ebook.cover_image:
+        return f"/media/covers/ebooks/{bundle.ebook.cover_image}"
+    return ""
 
 
 def _message(title: str, text: str, status_code: int = HTTP_200_OK, headers: dict[str, str] | None = None,

@@ -16,6 +16,8 @@ import numpy as np
 from piccolo.engine import engine_finder
 from piccolo.engine.sqlite import SQLiteEngine
 
+from content.delivery import email_hash
+from content.tables import Suppression, SuppressionReason
 from landing.tables import Conversion, Event, Lead, Topic
 from scoring import model as models
 from scoring.engine import (
@@ -356,7 +358,7 @@ async def rescore_lead(lead_id: int, now: datetime | None = None, explain_model:
     # One transaction for the read and the write: one connection instead of one per query,
     # and the previous scores cannot change between reading them and writing new ones.
     async with Score._meta.db.transaction():
-        leads, events, _ = await load_batch("id = {}", [lead_id], now, property_types, event_filter="lead = {}")
+        leads, events, _ = await load_batch("id = {} AND erased_at IS NULL", [lead_id], now, property_types, event_filter="lead = {}")
         if not len(leads) or not topics:
             return {}
         rows = compute_scores(leads, events, rules, topics, active, explain_model)
@@ -381,12 +383,12 @@ async def rescore_all(now: datetime | None = None, chunk: int = CHUNK) -> Rescor
     topics = await cached_topics(fresh=True)
     active = await active_model(fresh=True)
     property_types = {r.event_type for r in rules if r.property_match and r.kind == "event"}
-    bounds = await Lead.raw("SELECT MIN(id) AS low, MAX(id) AS high FROM lead WHERE historical = {}", False)
+    bounds = await Lead.raw("SELECT MIN(id) AS low, MAX(id) AS high FROM lead WHERE historical = {} AND erased_at IS NULL", False)
     low, high = bounds[0]["low"], bounds[0]["high"]
     leads_done = scores = hot = 0
     if low is not None and topics:
         for start in range(low, high + 1, chunk):
-            leads, events, _ = await load_batch("id >= {} AND id < {} AND historical = {}", [start, start + chunk, False],
+            leads, events, _ = await load_batch("id >= {} AND id < {} AND historical = {} AND erased_at IS NULL", [start, start + chunk, False],
                                                 now, property_types)
             if not len(leads):
                 continue
@@ -425,7 +427,8 @@ async def training_set(now: datetime, label_after_days: int = LABEL_AFTER_DAYS) 
     converted_at = {r["lead"]: r["at"] for r in await Conversion.raw(
         f"SELECT lead, MIN({_epoch_sql('occurred_at')}) AS at FROM conversion GROUP BY lead")}
     cutoff = (now - timedelta(days=label_after_days)).timestamp()
-    leads, events, rows = await load_batch("1 = 1", [], now, set())
+    # Erased leads are not learned from: erasure means their data is no longer processed.
+    leads, events, rows = await load_batch("erased_at IS NULL", [], now, set())
     labels, keep, as_of = [], [], {}
     timed_out: list[int] = []
     for i, row in enumerate(rows):
@@ -653,6 +656,9 @@ async def import_leads(options: ImportOptions, batch: int = 500) -> ImportReport
             topic_id = await _topic_for_import(options.topic, file.notes)
         pending: list[dict[str, Any]] = []
         seen_in_batch: set[str] = set()
+        # Addresses erased on request stay out, whatever a CRM export still holds.
+        erased = {r["email_hash"] for r in await Suppression.select(Suppression.email_hash).where(
+            Suppression.reason == SuppressionReason.erased)}
         rows_iter = read_rows(options.path, file.encoding, file.delimiter)
         while True:
             # The CSV is read in a thread, a batch at a time: the event loop stays free.
@@ -666,6 +672,9 @@ async def import_leads(options: ImportOptions, batch: int = 500) -> ImportReport
                         email = normalise_email(row[options.email_column])
                     except ValueError as exc:
                         skipped.append(f"line {line}: {exc}")
+                        continue
+                    if email_hash(email) in erased:
+                        skipped.append(f"line {line}: this address was erased on request and is not imported again")
                         continue
                 external_id = (row.get(options.id_column) or "")[:200] or None if options.id_column else None
                 # A lead seen earlier in this batch (by email or by id) is written first, so

@@ -44,6 +44,17 @@ async def render_ebook(ctx: dict[str, Any], ebook_id: int) -> str:
     return str(path)
 
 
+async def render_stale_ebooks(ctx: dict[str, Any]) -> int:
+    """Render every ebook whose text changed since its last rendering (edits in the admin)."""
+    from content.tables import Ebook
+
+    rendered = 0
+    for row in await Ebook.select(Ebook.id).where(Ebook.uploaded_pdf.is_null() | (Ebook.uploaded_pdf == "")):
+        result = await render_ebook(ctx, row["id"])
+        rendered += not result.startswith("not rendered")
+    return rendered
+
+
 async def rescore_lead(ctx: dict[str, Any], lead_id: int) -> None:
     """Recompute a lead's topic scores after a new event."""
     await rescore_lead_service(lead_id)

@@ -57,6 +57,7 @@ class WorkerSettings:
     ]
     cron_jobs = [
         cron(jobs.sweep, second=set(range(0, 60, 5)), run_at_startup=True, unique=True, keep_result=0),
+        cron(jobs.render_stale_ebooks, second=30, run_at_startup=True, unique=True, timeout=900, keep_result=0),
         # Hourly: decay moves scores slowly; a new event rescores its lead at once anyway.
         cron(jobs.rescore_everyone, minute=17, second=0, unique=True, timeout=1800, keep_result=0),
         cron(jobs.train_model, hour=3, minute=41, second=0, unique=True, timeout=3600, keep_result=0),

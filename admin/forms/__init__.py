@@ -1,0 +1,1 @@
+"""Admin forms: one module per action the admin offers beside its tables."""
