@@ -168,6 +168,7 @@ class LandingController(Controller):
     """Landing pages under /l/<slug>: the page, its form, and the thank-you page."""
 
     path = "/l"
+    include_in_schema = False
 
     @get("/{slug:str}")
     async def show(self, request: Request, slug: FromPath[str]) -> Template | Redirect:
@@ -273,6 +274,7 @@ class DownloadController(Controller):
     """Signed, per-lead download links: /d/<token>."""
 
     path = "/d"
+    include_in_schema = False
 
     @get("/{token:str}", cache_control=CacheControlHeader(no_store=True, private=True))
     async def download(self, token: FromPath[str], arq: NamedDependency[ArqRedis | None]) -> Response[bytes] | Template:
@@ -297,6 +299,7 @@ class ConfirmController(Controller):
     """Double opt-in: /c/<token> asks (link scanners follow GETs), its POST confirms."""
 
     path = "/c"
+    include_in_schema = False
 
     @get("/{token:str}")
     async def ask(self, token: FromPath[str]) -> Template:
@@ -334,6 +337,7 @@ class PreferencesController(Controller):
     """The preference page every letter links to: topics, unsubscribe, export, erase."""
 
     path = "/p"
+    include_in_schema = False
 
     @get("/{token:str}")
     async def show(self, token: FromPath[str], saved: FromQuery[str] = "") -> Template:
@@ -395,6 +399,7 @@ class RightsController(Controller):
     """Links from the data-request letter: /r/<token> asks, its POST exports or erases."""
 
     path = "/r"
+    include_in_schema = False
 
     @get("/{token:str}")
     async def ask(self, token: FromPath[str]) -> Template:
@@ -440,6 +445,7 @@ class UnsubscribeController(Controller):
     """One-click unsubscribe: POST unsubscribes (RFC 8058); GET only asks."""
 
     path = "/u"
+    include_in_schema = False
 
     @get("/{token:str}")
     async def confirm(self, token: FromPath[str]) -> Template:
