@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script (python bench/landing_bench.py) as well as with -m
     sys.path.insert(0, str(ROOT))
 
-from bench.loadgen import Connection, LoadResult, Response, Scenario, get_request, post_form, run_load  # noqa: E402
+from bench.loadgen import (Connection, LoadResult, ProcessBalancer, Response, Scenario, get_request, post_form,  # noqa: E402
+                           run_load)
 
 GET_RATIO_GOAL = 0.75
 CAPTURE_RATE_GOAL = 800.0
@@ -441,6 +442,9 @@ def describe(result: LoadResult, ok_label: str = "2xx/3xx") -> None:
         line("client errors", ", ".join(f"{k}: {n}" for k, n in result.errors.most_common()))
     if result.completed:
         line("mean body size", f"{result.body_bytes / result.completed:,.0f} bytes")
+    if result.spread:
+        line("connections per server worker", " / ".join(str(n) for _, n in sorted(result.spread.items()))
+             + ("" if max(result.spread.values()) - min(result.spread.values()) <= result.processes else "  (UNEVEN)"))
     line("load client CPU", f"{result.client_cpu_s / result.duration:.2f} cores ({result.processes} process"
          f"{'es' if result.processes > 1 else ''})")
 
@@ -466,17 +470,19 @@ def summary(args: argparse.Namespace, figures: Figures) -> None:
     print("\n[6] summary", flush=True)
     rows = [("figure", "goal", "measured", "meets goal")]
     if figures.bare_rate is not None:
-        rows.append((f"bare Litestar page (ceiling), GET/s", "-", f"{figures.bare_rate:,.0f}", ""))
+        rows.append(("bare Litestar page (ceiling), GET/s", "-", f"{figures.bare_rate:,.0f}", ""))
     if figures.app_rate is not None:
         rows.append((f"GET /l/{args.slug} on leadkiln, GET/s", "-", f"{figures.app_rate:,.0f}", ""))
     if figures.bare_rate and figures.app_rate is not None:
         ratio = figures.app_rate / figures.bare_rate
-        rows.append(("  ratio app / ceiling", f">= {GET_RATIO_GOAL:g}", f"{ratio:.2f}", "yes" if ratio >= GET_RATIO_GOAL else "NO"))
+        rows.append(("  ratio app / ceiling", f">= {GET_RATIO_GOAL:g}", f"{ratio:.2f}",
+                     "yes" if ratio >= GET_RATIO_GOAL else "NO"))
     if figures.capture_rate is not None:
         rows.append((f"POST /l/{args.slug} accepted captures/s", f">= {CAPTURE_RATE_GOAL:g}", f"{figures.capture_rate:,.0f}",
                      "yes" if figures.capture_rate >= CAPTURE_RATE_GOAL else "NO"))
     if figures.capture_latency is not None:
-        rows.append(("  capture latency p50 / p95 / p99", "-", " / ".join(f"{v:.1f}" for v in figures.capture_latency) + " ms", ""))
+        latency = " / ".join(f"{v:.1f}" for v in figures.capture_latency) + " ms"
+        rows.append(("  capture latency p50 / p95 / p99", "-", latency, ""))
         rows.append(("  refused (not 200/303), whole run", "0", f"{figures.refused:,}", "yes" if figures.refused == 0 else "NO"))
     if figures.accepted is not None:
         complete = figures.found == figures.accepted
@@ -502,14 +508,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per phase (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each window (default 2)")
     parser.add_argument("--client-processes", type=int, default=1, help="processes sharing the connections (default 1)")
-    parser.add_argument("--port", type=int, default=0, help="port of the app; the bare app takes the next one (default: free ports)")
+    parser.add_argument("--port", type=int, default=0,
+                        help="port of the app; the bare app takes the next one (default: free ports)")
     parser.add_argument("--slug", default="seo", help="landing page to load (default seo, seeded by the demo data)")
     parser.add_argument("--only", choices=("get", "post"), default=None, help="run only the GET comparison or only the captures")
     parser.add_argument("--launcher", choices=("cli", "uvicorn"), default="cli",
                         help="start the app with `leadkiln serve` (default) or with `uvicorn server.asgi:app --no-access-log`")
     parser.add_argument("--postgres", default=os.environ.get("LEADKILN_BENCH_PG", "postgres://postgres@127.0.0.1:5432"),
                         help="PostgreSQL server (a fresh database is created there and dropped after)")
-    parser.add_argument("--redis-db", type=int, default=9, help="database number on redis://127.0.0.1:6379, flushed before and after (default 9)")
+    parser.add_argument("--redis-db", type=int, default=9,
+                        help="database number on redis://127.0.0.1:6379, flushed before and after (default 9)")
     parser.add_argument("--keep", action="store_true", help="keep the database, the Redis keys and the data directory")
     return parser.parse_args(argv)
 
@@ -548,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
                        "--workers", str(args.workers)] + (["--no-access-log"] if cli_quiet else [])
     else:
         app_command = [str(bin_dir / "uvicorn"), "server.asgi:app", "--port", str(port)] + uvicorn_options
-    bare_command = [str(bin_dir / "uvicorn"), "bench.landing_bench:bare_app", "--factory", "--port", str(bare_port)] + uvicorn_options
+    bare_command = [str(bin_dir / "uvicorn"), "bench.landing_bench:bare_app", "--factory",
+                    "--port", str(bare_port)] + uvicorn_options
     app = Server("leadkiln", app_command, env, port, data_dir / "app.log")
     bare = Server("bare Litestar", bare_command, env, bare_port, data_dir / "bare.log")
     figures = Figures()
@@ -581,19 +590,22 @@ def main(argv: list[str] | None = None) -> int:
         # asyncpg's default min_size of 10 on PostgreSQL.
         seed = ("import asyncio, server; from server.demo_data import seed_demo; "
                 "asyncio.run(seed_demo(delay_minutes=0, historical_leads=0))")
-        line("seed_demo(historical_leads=0)", f"{run_step('seeding the demo data', [str(bin_dir / 'python'), '-c', seed], env):.1f} s")
+        seconds = run_step("seeding the demo data", [str(bin_dir / "python"), "-c", seed], env)
+        line("seed_demo(historical_leads=0)", f"{seconds:.1f} s")
         line(f"app healthy on :{port}", f"after {app.start('/health'):.1f} s")
         with urllib.request.urlopen(f"http://{host}/l/{args.slug}", timeout=10) as response:
             page = response.read()
         template, token = bare_template(page)
-        line(f"GET /l/{args.slug} (one, for the template)", f"{len(page):,} bytes; CSRF token {'found' if token else 'NOT found'}")
+        line(f"GET /l/{args.slug} (one, for the template)",
+             f"{len(page):,} bytes; CSRF token {'found' if token else 'NOT found'}")
 
         if args.only != "post":
             templates = data_dir / "bare-templates"
             templates.mkdir()
             (templates / "page.html").write_text(template)
             bare.env = env | {BARE_TEMPLATE_DIR: str(templates), BARE_TOKEN: token}
-            print(f"\n[2] the ceiling: bare Litestar rendering the page as a template, GET /l/{args.slug} on :{bare_port}", flush=True)
+            print(f"\n[2] the ceiling: bare Litestar rendering the page as a template, GET /l/{args.slug} on :{bare_port}",
+                  flush=True)
             line("bare app healthy", f"after {bare.start('/health'):.1f} s")
             with urllib.request.urlopen(f"http://127.0.0.1:{bare_port}/l/{args.slug}", timeout=10) as response:
                 bare_page = response.read()
@@ -602,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
             meter, offset = CpuMeter(database), bare.log_size()
             result = run_load(PageViews(args.slug, f"127.0.0.1:{bare_port}"), "127.0.0.1", bare_port,
                               connections=args.connections, duration=args.duration, warmup=args.warmup,
-                              processes=args.client_processes, on_window=meter)
+                              processes=args.client_processes, on_window=meter, balancer=ProcessBalancer(bare_port, bare.pgid))
             describe(result)
             line("CPU in the window", meter.summary(bare.pgid))
             report_log(bare, offset)
@@ -612,7 +624,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n[3] GET /l/{args.slug} on leadkiln (first visits: no cookies, each view a new visitor)", flush=True)
             meter, offset = CpuMeter(database), app.log_size()
             result = run_load(PageViews(args.slug, host), "127.0.0.1", port, connections=args.connections,
-                              duration=args.duration, warmup=args.warmup, processes=args.client_processes, on_window=meter)
+                              duration=args.duration, warmup=args.warmup, processes=args.client_processes, on_window=meter,
+                              balancer=ProcessBalancer(port, app.pgid))
             describe(result)
             line("CPU in the window", meter.summary(app.pgid))
             report_log(app, offset)
@@ -625,7 +638,8 @@ def main(argv: list[str] | None = None) -> int:
             meter, offset = CpuMeter(database), app.log_size()
             captures = Captures(args.slug, host, run_id)
             result = run_load(captures, "127.0.0.1", port, connections=args.connections, duration=args.duration,
-                              warmup=args.warmup, processes=args.client_processes, on_window=meter)
+                              warmup=args.warmup, processes=args.client_processes, on_window=meter,
+                              balancer=ProcessBalancer(port, app.pgid))
             describe(result, ok_label="accepted")
             line("CPU in the window", meter.summary(app.pgid))
             report_log(app, offset)
@@ -669,9 +683,8 @@ def main(argv: list[str] | None = None) -> int:
         if stopped > 3:
             figures.notes.append(f"leadkiln took {stopped:.1f} s to stop after SIGTERM")
         summary(args, figures)
-        print(f"\n  load average (1 5 15 min) at the end: {loadavg()}")
         if args.keep:
-            print(f"  kept: database {database_url}, {redis_url}, {data_dir}")
+            print(f"\n  kept: database {database_url}, {redis_url}, {data_dir}")
         else:
             if created_database:
                 try:
@@ -683,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001
                 print(f"  could not flush {redis_url}: {exc}", file=sys.stderr)
             shutil.rmtree(data_dir, ignore_errors=True)
-            print(f"  cleaned up: database {database} dropped, {redis_url} flushed, {data_dir} removed")
+            print(f"\n  cleaned up: database {database} dropped, {redis_url} flushed, {data_dir} removed")
         signal.signal(signal.SIGINT, signal.default_int_handler)
     return 1 if any(n.startswith("stopped by an error") for n in figures.notes) else 0
 

@@ -53,6 +53,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.local_port = 0
         self.buffer = bytearray()
         self.waiter: asyncio.Future[Response] | None = None
         self.closed = False
@@ -67,6 +68,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.local_port = transport.get_extra_info("sockname")[1]
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -207,6 +209,8 @@ class LoadResult:
     errors: Counter = field(default_factory=Counter)
     body_bytes: int = 0
     client_cpu_s: float = 0.0
+    spread: Counter = field(default_factory=Counter)
+    """Connections per server worker pid when the window opened (with a balancer)."""
     report: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -232,6 +236,108 @@ class LoadResult:
         self.errors.update(other.errors)
         self.body_bytes += other.body_bytes
         self.client_cpu_s += other.client_cpu_s
+        self.spread.update(other.spread)
+
+
+class ProcessBalancer:
+    """Spreads the connections evenly over a pre-fork server's worker processes (Linux).
+
+    A keep-alive connection stays with the worker that accepted it, and a worker woken by a
+    burst of connects may accept them all: the other workers would idle through the run. So
+    after connecting, connections are re-opened until each worker holds its share, found by
+    matching the connections' sockets (/proc/net/tcp) to the workers' file descriptors.
+    """
+
+    def __init__(self, port: int, group: int) -> None:
+        self.port, self.group = port, group
+
+    def _sockets(self) -> list[tuple[int, int, int]]:
+        """(state, remote port, inode) of the sockets whose local port is the server's."""
+        rows = []
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                with open(table) as handle:
+                    lines = handle.readlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == self.port:
+                    rows.append((int(fields[3], 16), int(fields[2].rsplit(":", 1)[1], 16), int(fields[9])))
+        return rows
+
+    def _inodes_of(self, pid: int) -> set[int]:
+        inodes = set()
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+        except OSError:
+            pass
+        return inodes
+
+    def _group_pids(self) -> list[int]:
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != self.group:
+                try:
+                    with open(f"/proc/{entry}/stat", "rb") as handle:
+                        raw = handle.read()
+                except OSError:
+                    continue
+                if int(raw[raw.rfind(b")") + 2:].split()[2]) == self.group:
+                    pids.append(int(entry))
+        return pids
+
+    def owners(self, client_ports: list[int]) -> tuple[list[int], dict[int, int]]:
+        """The worker pids (those holding the listening socket) and the worker of each client port."""
+        sockets = self._sockets()
+        listening = {inode for state, _, inode in sockets if state == 0x0A}
+        by_port = {remote: inode for state, remote, inode in sockets if state == 0x01}
+        workers, owner = [], {}
+        wanted = {by_port[p]: p for p in client_ports if p in by_port}
+        for pid in self._group_pids():
+            inodes = self._inodes_of(pid)
+            if inodes & listening:
+                workers.append(pid)
+                for inode in inodes & wanted.keys():
+                    owner[wanted[inode]] = pid
+        return workers, owner
+
+
+async def _balance(connections: list[Connection], host: str, port: int, balancer: ProcessBalancer) -> list[Connection]:
+    """Re-open connections on the busiest worker until every worker has its share (or give up)."""
+    for _ in range(len(connections) * 6):
+        workers, owner = [], {}
+        for _ in range(100):  # a connect returns before the server accepts: wait until each has its worker
+            ports = [c.local_port for c in connections]
+            workers, owner = balancer.owners(ports)
+            if len(owner) == len(connections) or not workers:
+                break
+            await asyncio.sleep(0.01)
+        if not workers or len(owner) < len(connections):
+            break
+        counts = Counter({pid: 0 for pid in workers})
+        counts.update(owner.values())
+        busiest, most = counts.most_common(1)[0]
+        if most - min(counts.values()) <= 1:
+            break
+        index = next(i for i, c in enumerate(connections) if owner.get(c.local_port) == busiest)
+        connections[index].close()
+        connections[index] = await Connection.open(host, port)
+    return connections
+
+
+def spread(connections: list[Connection], balancer: ProcessBalancer) -> dict[int, int]:
+    """Connections per worker pid, as they are now."""
+    workers, owner = balancer.owners([c.local_port for c in connections])
+    counts = Counter({pid: 0 for pid in workers})
+    counts.update(owner.values())
+    return dict(counts)
 
 
 def _cpu_seconds() -> float:
@@ -240,10 +346,10 @@ def _cpu_seconds() -> float:
 
 
 async def _drive(scenario: Scenario, host: str, port: int, index: int, connection: Connection,
-                 clock: dict[str, float], result: LoadResult) -> None:
+                 clock: dict[str, Any], result: LoadResult) -> None:
     """Keep one connection busy until the window closes; reconnect if the server hangs up."""
     seq = 0
-    await clock_started(clock)
+    await _started(clock)
     window_start, window_end = clock["start"], clock["end"]
     perf = time.perf_counter
     latencies = result.latencies
@@ -277,17 +383,22 @@ async def _drive(scenario: Scenario, host: str, port: int, index: int, connectio
     connection.close()
 
 
-async def clock_started(clock: dict[str, float]) -> None:
+async def _started(clock: dict[str, Any]) -> None:
     event: asyncio.Event = clock["event"]  # type: ignore[assignment]
     await event.wait()
 
 
 async def _run_here(scenario: Scenario, host: str, port: int, indexes: range, warmup: float, duration: float,
-                    wait_go: Callable[[], Any] | None, on_window: Callable[[str], None] | None) -> LoadResult:
-    """The load of this process: open and prepare its connections, then run the window."""
+                    wait_go: Callable[[], Any] | None, on_window: Callable[[str], None] | None,
+                    balancer: ProcessBalancer | None) -> LoadResult:
+    """The load of this process: open, spread and prepare its connections, then run the window."""
     result = LoadResult(duration=duration, connections=len(indexes), processes=1)
-    connections = await asyncio.gather(*(Connection.open(host, port) for _ in indexes))
+    connections = list(await asyncio.gather(*(Connection.open(host, port) for _ in indexes)))
+    if balancer is not None:
+        connections = await _balance(connections, host, port, balancer)
     await asyncio.gather(*(scenario.prepare(c, i) for c, i in zip(connections, indexes)))
+    if balancer is not None:
+        result.spread.update(spread(connections, balancer))
     if wait_go is not None:
         await asyncio.get_running_loop().run_in_executor(None, wait_go)
     clock: dict[str, Any] = {"event": asyncio.Event()}
@@ -324,34 +435,37 @@ def _event_loop_runner() -> Callable[[Any], Any]:
 
 
 def _child(scenario: Scenario, host: str, port: int, indexes: range, warmup: float, duration: float,
-           ready: Any, go: Any, results: Any) -> None:
+           ready: Any, go: Any, results: Any, balancer: ProcessBalancer | None) -> None:
     def wait_go() -> None:
         ready.put(os.getpid())
         go.wait()
 
     try:
-        result = _event_loop_runner()(_run_here(scenario, host, port, indexes, warmup, duration, wait_go, None))
+        result = _event_loop_runner()(_run_here(scenario, host, port, indexes, warmup, duration, wait_go, None, balancer))
         results.put(result)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
         results.put(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
 
 
 def run_load(scenario: Scenario, host: str, port: int, *, connections: int = 32, duration: float = 10.0,
-             warmup: float = 2.0, processes: int = 1, on_window: Callable[[str], None] | None = None) -> LoadResult:
+             warmup: float = 2.0, processes: int = 1, on_window: Callable[[str], None] | None = None,
+             balancer: ProcessBalancer | None = None) -> LoadResult:
     """Drive `connections` keep-alive connections for `warmup + duration` seconds.
 
     `on_window("start")` and `on_window("end")` are called in this process when the measured
-    window opens and closes (for CPU snapshots).
+    window opens and closes (for CPU snapshots). With a `balancer`, the connections are spread
+    evenly over the server's worker processes first.
     """
     if processes <= 1:
-        result = _event_loop_runner()(_run_here(scenario, host, port, range(connections), warmup, duration, None, on_window))
+        result = _event_loop_runner()(_run_here(scenario, host, port, range(connections), warmup, duration, None, on_window,
+                                                balancer))
         result.report = scenario.merge_reports([result.report])
         return result
     context = multiprocessing.get_context("spawn")
     ready, results, go = context.Queue(), context.Queue(), context.Event()
     share = [range(p, connections, processes) for p in range(processes)]
-    children = [context.Process(target=_child, args=(scenario, host, port, indexes, warmup, duration, ready, go, results),
-                                daemon=True) for indexes in share]
+    children = [context.Process(target=_child, args=(scenario, host, port, indexes, warmup, duration, ready, go, results,
+                                                     balancer), daemon=True) for indexes in share]
     try:
         for child in children:
             child.start()

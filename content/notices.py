@@ -105,7 +105,7 @@ async def _claim(notice_id: int, now: datetime) -> Notice | None:
     ).returning(Notice.id)
     if not rows:
         return None
-    return await Notice.objects().get(Notice.id == notice_id)
+    return await Notice.objects().output(load_json=True).get(Notice.id == notice_id)
 
 
 async def _finish(notice_id: int, status: NoticeStatus, reply: str, **more: Any) -> None:
