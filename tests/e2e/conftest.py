@@ -125,12 +125,13 @@ async def page(browser, live_server: str, viewport: str) -> AsyncIterator:
 
 @pytest.fixture
 def shot(page, viewport: str, artifacts: Path, request: pytest.FixtureRequest):
-    """`await shot("step")`: a full-page screenshot named <viewport>-<test>-<step>.png."""
+    """`await shot("step")`: a full-page screenshot named <viewport>-<test>-<step>.png
+    (`full_page=False`: only what the visitor sees in the window)."""
     test = request.node.originalname.removeprefix("test_")
 
-    async def take(step: str) -> Path:
+    async def take(step: str, full_page: bool = True) -> Path:
         path = artifacts / f"{viewport}-{test}-{step}.png"
-        await page.screenshot(path=str(path), full_page=True)
+        await page.screenshot(path=str(path), full_page=full_page)
         return path
 
     return take

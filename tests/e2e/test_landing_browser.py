@@ -25,6 +25,12 @@ async def fill_form(page: Page, email: str, first_name: str = "Ada", company: st
         await page.locator("input[name=consent]").check()
 
 
+async def assert_fits_width(page: Page) -> None:
+    """Nothing sticks out sideways: no horizontal scrolling, on a phone least of all."""
+    scroll_width, inner_width = await page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert scroll_width <= inner_width, f"{page.url}: content {scroll_width}px wide in a {inner_width}px window"
+
+
 async def lead_rows(email: str) -> list[dict]:
     return await Lead.select(Lead.id, Lead.email, Lead.first_name, Lead.company, Lead.confirmed).where(Lead.email == email)
 
@@ -33,7 +39,9 @@ async def test_capture_then_download_pdf(page: Page, viewport: str, shot, artifa
     email = unique_email(viewport, "seo")
     response = await page.goto("/l/seo")
     assert response is not None and response.status == 200
+    await expect(page).to_have_title("The 30-minute SEO audit")
     await expect(page.get_by_role("button", name="Send me the ebook")).to_be_visible()
+    await assert_fits_width(page)
     await shot("1-page")
 
     await fill_form(page, email)
@@ -49,6 +57,7 @@ async def test_capture_then_download_pdf(page: Page, viewport: str, shot, artifa
     await expect(page.locator("strong")).to_have_text("e•••@example.com")
     link = page.get_by_role("link", name="Download the PDF")
     await expect(link).to_have_attribute("href", _starts_with("/d/"))
+    await assert_fits_width(page)
     await shot("3-thanks")
 
     async with page.expect_download() as started:
@@ -78,6 +87,7 @@ async def test_bad_email_shows_inline_error_and_keeps_input(page: Page, viewport
     assert (await posted.value).status == 422
     await page.wait_for_load_state()
     await shot("1-error")
+    await shot("1-error-window", full_page=False)
 
     email_input = page.locator("#email")
     error = page.locator("p.error#email-error")
@@ -91,6 +101,10 @@ async def test_bad_email_shows_inline_error_and_keeps_input(page: Page, viewport
     await expect(email_input).to_have_attribute("aria-describedby", "email-error")
     await expect(email_input).to_be_focused()
     assert await page.evaluate("document.activeElement.id") == "email"
+    # Without scrolling, the visitor sees the field and what is wrong with it.
+    await expect(email_input).to_be_in_viewport()
+    await expect(error).to_be_in_viewport()
+    await assert_fits_width(page)
     # Beside the field: right under the email input, before the next field's label.
     field, message, next_label = (await email_input.bounding_box(), await error.bounding_box(),
                                   await page.locator("label[for=first_name]").bounding_box())
@@ -119,6 +133,7 @@ async def test_missing_consent_shows_error_above_checkbox(page: Page, viewport: 
     assert (await posted.value).status == 422
     await page.wait_for_load_state()
     await shot("1-error")
+    await shot("1-error-window", full_page=False)
 
     checkbox = page.locator("input[name=consent]")
     error = page.locator("#consent-error")
@@ -128,6 +143,8 @@ async def test_missing_consent_shows_error_above_checkbox(page: Page, viewport: 
     await expect(checkbox).not_to_be_checked()
     await expect(checkbox).to_have_attribute("aria-invalid", "true")
     await expect(checkbox).to_be_focused()
+    await expect(checkbox).to_be_in_viewport()
+    await expect(error).to_be_in_viewport()
     await expect(page.locator("#email")).to_have_value(email)
     message, box = await error.bounding_box(), await checkbox.bounding_box()
     assert message and box and message["y"] + message["height"] <= box["y"]
