@@ -200,3 +200,30 @@ async def test_the_page_has_its_title_description_and_open_graph_tags(client, ca
     for tag in ("og:title", "og:description", "og:url", "og:type"):
         assert f'property="{tag}"' in page.text
     assert '<label for="email">Email</label>' in page.text and 'autocomplete="email"' in page.text
+
+
+async def test_batched_page_views_reach_the_database_and_join_known_leads(client, catalog) -> None:
+    from datetime import datetime, timezone
+
+    from landing.pageviews import PageView, PageViewBuffer
+    from landing.service import write_page_views
+
+    await post_form(client, "seo", email="wes@example.com", consent="on")
+    known_cookie = client.cookies.get("lk_vid")
+    lead = await Lead.objects().get(Lead.email == "wes@example.com")
+    rescored: list[set[int]] = []
+
+    async def notify(leads: set[int]) -> None:
+        rescored.append(leads)
+
+    buffer = PageViewBuffer(write_page_views, notify, interval_ms=50)
+    seo = lead.topic
+    now = datetime.now(timezone.utc)
+    # The same new browser twice in one batch: one visitor row, two events.
+    for cookie in ("anon-cookie-000000001", "anon-cookie-000000001", known_cookie):
+        await buffer.add(PageView(cookie, "seo", seo, {"utm_source": "x"}, "ua", now))
+    await buffer.close()
+    assert await Visitor.count().where(Visitor.cookie_id == "anon-cookie-000000001") == 1
+    assert await Event.count().where(Event.type == "page_view") == 4  # the form's own GET, and these three
+    assert await Event.count().where((Event.type == "page_view") & (Event.lead == lead.id)) == 2
+    assert rescored == [{lead.id}]
