@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -57,12 +58,30 @@ def ensure_venv() -> None:
     STAMP.write_text(digest)
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def ensure_browser() -> None:
+    """The browser tests drive Debian's chromium; install it where we may (root with apt)."""
+    if CHROMIUM.exists():
+        return
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        say("installing Debian's chromium for the browser tests (apt-get install -y chromium)")
+        quiet = {"stdout": subprocess.DEVNULL, "env": os.environ | {"DEBIAN_FRONTEND": "noninteractive"}}
+        if subprocess.run(["apt-get", "install", "-y", "chromium"], **quiet).returncode != 0:
+            subprocess.run(["apt-get", "update"], **quiet)
+            subprocess.run(["apt-get", "install", "-y", "chromium"], **quiet)
+    if not CHROMIUM.exists():
+        say(f"no browser at {CHROMIUM}: the tests in tests/e2e will be skipped (install Debian's chromium)")
+
+
 def run_tests(args: list[str]) -> int:
-    """Unit + integration + CLI tests on SQLite, then the integration tests on PostgreSQL."""
+    """Unit, integration, CLI and browser tests on SQLite, then the integration tests on PostgreSQL."""
     python = str(bin_path(VENV, "python"))
     base = [python, "-m", "pytest", "-p", "no:cacheprovider"]
     if args:
         return subprocess.run(base + args, cwd=ROOT).returncode
+    ensure_browser()
     runs = [
         ("SQLite", ["tests", "--db=sqlite"]),
         ("PostgreSQL", ["tests/integration", "--db=postgres"]),

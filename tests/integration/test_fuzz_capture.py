@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, unquote_to_bytes, urlencode, urlsplit
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, example, given, note, settings
+from hypothesis import HealthCheck, event, example, given, note, settings
 from hypothesis import strategies as st
 from piccolo.query.functions.aggregate import Count
 from redis.asyncio import Redis
@@ -30,6 +30,10 @@ from tests.integration.conftest import CSRF_INPUT
 # instead of expecting empty tables. `examples_run` proves the examples really execute.
 MAX_FORM_EXAMPLES = 120
 MAX_RAW_EXAMPLES = 60
+WANTED_EXAMPLES = {
+    "test_random_forms_are_answered_cleanly_and_never_half_written": MAX_FORM_EXAMPLES,
+    "test_raw_bodies_are_answered_cleanly_and_never_half_written": MAX_RAW_EXAMPLES,
+}
 
 FUZZ_SETTINGS = settings(
     deadline=None,  # database timings vary, on PostgreSQL especially
@@ -272,7 +276,7 @@ def examples_run(request: pytest.FixtureRequest):
     """Counts the examples a property test executed, and fails if far fewer ran than asked."""
     runs = Runs()
     yield runs
-    wanted = request.node.get_closest_marker("wanted_examples").args[0]
+    wanted = WANTED_EXAMPLES[request.node.originalname]
     if not runs.failed:
         assert runs.count >= wanted, f"only {runs.count} of {wanted} examples ran"
 
@@ -324,19 +328,19 @@ async def check_answer(response: httpx.Response, slug: str, before: Ledger, lead
     assert written.enrollments in (0, 1), written
     lead = (await leads_by_id())[lead_id]
     assert_stored_text_is_clean(lead)
-    given = [e for e in emails if e.strip()]
+    sent = [e for e in emails if e.strip()]
     if created:
-        assert given, "a new lead without an email"
-    if given:
+        assert sent, "a new lead without an email"
+    if sent:
         candidates = set()
-        for raw in given:
+        for raw in sent:
             try:
                 candidates.add(normalise_email(raw))
             except ValueError:
                 pass
-        assert lead["email"] in candidates, f"stored {lead['email']!r} from {given!r}"
-        simple = [raw.strip().lower() for raw in given if plain_email_re.fullmatch(raw.strip().lower())]
-        if simple and len(given) == 1:
+        assert lead["email"] in candidates, f"stored {lead['email']!r} from {sent!r}"
+        simple = [raw.strip().lower() for raw in sent if plain_email_re.fullmatch(raw.strip().lower())]
+        if simple and len(sent) == 1:
             assert lead["email"] == simple[0]
     else:
         assert lead["email"] == leads_before[lead_id]["email"], "a returning lead keeps its email"
@@ -352,9 +356,7 @@ plain_email_re = re.compile(r"[a-z0-9.]+@[a-z0-9.]+")
 # ---------------------------------------------------------------------------- properties
 
 
-@pytest.mark.wanted_examples(MAX_FORM_EXAMPLES)
-@FUZZ_SETTINGS
-@settings(max_examples=MAX_FORM_EXAMPLES)
+@settings(FUZZ_SETTINGS, max_examples=MAX_FORM_EXAMPLES)
 @given(submission=form_submissions())
 @example(submission=FormSubmission("seo", [("email", "Ria@Example.com "), ("first_name", " Ria "), ("consent", "on")]))
 @example(submission=FormSubmission("seo", [("email", "eve@example.com\r\nBcc: v@example.com"), ("consent", "on")]))
@@ -384,30 +386,26 @@ async def test_random_forms_are_answered_cleanly_and_never_half_written(
         response = await client.post(f"/l/{submission.slug}{query}", content=urlencode(pairs).encode(), headers=headers)
         fields = {name: submission.values(name) for name in OPTIONAL_FIELDS}
         outcome = await check_answer(response, submission.slug, before, leads_before, submission.values("email"), fields)
-        if submission.values("website") and all(submission.values("website")):
+        if submission.values("website") and all(submission.values("website")) and response.status_code != 400:
             assert outcome == "303 honeypot", "a filled honeypot is answered as accepted and nothing is stored"
-        from hypothesis import event
-
         event(outcome)
     except BaseException:
         examples_run.failed = True
         raise
 
 
-def _is_utf8_form(body: bytes) -> bool:
-    """Whether every name and value percent-decodes to UTF-8 (what a form must be)."""
+def _values_are_utf8(body: bytes) -> bool:
+    """Whether every value percent-decodes to UTF-8 (names are not checked: unknown ones are ignored)."""
     try:
         for part in body.replace(b"+", b" ").split(b"&"):
-            for piece in part.split(b"=", 1):
-                unquote_to_bytes(piece).decode("utf-8")
+            if b"=" in part:
+                unquote_to_bytes(part.split(b"=", 1)[1]).decode("utf-8")
     except UnicodeDecodeError:
         return False
     return True
 
 
-@pytest.mark.wanted_examples(MAX_RAW_EXAMPLES)
-@FUZZ_SETTINGS
-@settings(max_examples=MAX_RAW_EXAMPLES)
+@settings(FUZZ_SETTINGS, max_examples=MAX_RAW_EXAMPLES)
 @given(submission=raw_submissions())
 @example(submission=RawSubmission("seo", b"email=ria%40example.com&first_name=%E9&consent=on"))
 @example(submission=RawSubmission("seo", _good_fields, pad_to=BODY_LIMIT + 1))
@@ -433,19 +431,17 @@ async def test_raw_bodies_are_answered_cleanly_and_never_half_written(
                 body += b"&pad=" + b"p" * filler
         before, leads_before = await ledger(), await leads_by_id()
         response = await client.post(f"/l/{submission.slug}", content=body, headers=headers)
-        emails, fields = [], {}
-        if _is_utf8_form(body):
-            form = parse_qs(body.decode("latin-1"), keep_blank_values=True)
-            emails, fields = form.get("email", []), {name: form.get(name, []) for name in OPTIONAL_FIELDS}
+        # What the visitor sent, read the way Litestar reads a form (bytes as latin-1, then
+        # percent-escapes as UTF-8): raw non-UTF-8 bytes are a known bug, pinned below.
+        form = parse_qs(body.decode("latin-1"), keep_blank_values=True)
+        emails, fields = form.get("email", []), {name: form.get(name, []) for name in OPTIONAL_FIELDS}
         outcome = await check_answer(response, submission.slug, before, leads_before, emails, fields)
         if len(body) > BODY_LIMIT:
             assert response.status_code == 413, f"a {len(body)}-byte body got {response.status_code}"
         else:
             assert response.status_code != 413, f"a {len(body)}-byte body (limit {BODY_LIMIT}) got 413"
-        if body.isascii() and not _is_utf8_form(body) and len(body) <= BODY_LIMIT:
+        if body.isascii() and not _values_are_utf8(body) and len(body) <= BODY_LIMIT:
             assert response.status_code == 400, f"percent-escapes that are not UTF-8 got {response.status_code}"
-        from hypothesis import event
-
         event(outcome)
     except BaseException:
         examples_run.failed = True
