@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -91,13 +92,28 @@ def _drop_database(admin_base: str, name: str) -> None:
     asyncio.run(_on_maintenance_db(admin_base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+def _claim_redis_db() -> int:
+    """A Redis database number no other test run on this machine holds: every test flushes
+    its database, so two runs at once (a developer's and CI's) must not share one."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=0)
+    for number in range(1, 16):
+        # Held for an hour at most: a run killed hard frees its number by itself.
+        if client.set(f"leadkiln:test-run:{number}", os.getpid(), nx=True, ex=3600):
+            atexit.register(client.delete, f"leadkiln:test-run:{number}")
+            return number
+    return 1
+
+
 def start_services(db: str, data_dir: Path) -> Services:
-    """Redis (database 1 for SQLite runs, 2 for PostgreSQL runs) and the chosen database."""
+    """Redis (a database of its own on the machine's server) and the chosen database."""
     cleanup: list = []
     redis_db = 1 if db == "sqlite" else 2
     from server.embedded import redis_answers
 
     if redis_answers(6379):
+        redis_db = _claim_redis_db()
         redis_url = f"redis://127.0.0.1:6379/{redis_db}"
     else:
         from server.embedded import EmbeddedRedis

@@ -57,7 +57,7 @@ async def test_worker_sends_the_first_letter_to_the_mail_catcher(client, catalog
     deliveries = await Delivery.select(Delivery.status, Delivery.message_id)
     assert len(deliveries) == 5 and {d["status"] for d in deliveries} == {DeliveryStatus.sent}
     assert {d["message_id"] for d in deliveries} == {m["Message-ID"] for m in messages}
-    assert await CaughtMail.count() == 5
+    assert await CaughtMail.count() == 6, "the chain's five and the download letter"
     # Without a score over the threshold the last letter is the cold offer.
     assert messages[-1]["Subject"] == "When you are ready: our Paid ads service"
     enrollment = await Enrollment.objects().first()
