@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from landing.tables import TopicPreference
 from content.tables import (
     Chain,
     ChainStatus,
@@ -55,59 +54,40 @@ def send_job_id(due: EnrollmentDue) -> str:
     return f"send:{due.enrollment_id}:{due.position}"
 
 
-async def active_chain_for_topic(topic_id: int, now: datetime | None = None) -> Chain | None:
-    """The topic's active chain whose start date has come, newest first."""
-    now = now or utcnow()
-    chains = (
-        await Chain.objects()
-        .where((Chain.topic == topic_id) & (Chain.status == ChainStatus.active))
-        .order_by(Chain.id, ascending=False)
-    )
-    for chain in chains:
-        if chain.starts_at is None or chain.starts_at <= now:
-            return chain
-    return None
+_FIRST_STEP = """
+SELECT c.id AS chain, c.holdout_percent AS holdout, s.position AS position, s.delay_minutes AS delay
+FROM chain c JOIN step s ON s.chain = c.id
+WHERE c.topic = {} AND c.status = 'active' AND (c.starts_at IS NULL OR c.starts_at <= {})
+  AND NOT EXISTS (SELECT 1 FROM topic_preference p WHERE p.lead = {} AND p.topic = c.topic AND p.subscribed = FALSE)
+ORDER BY c.id DESC, s.position
+LIMIT 1
+"""
 
 
 async def enroll(lead_id: int, topic_id: int, now: datetime | None = None) -> EnrollmentDue | None:
-    """Enroll a lead in the topic's active chain (once); returns what to queue, if anything.
+    """Enroll a lead in the topic's newest active chain whose start has come (once), unless
+    the lead left that topic; returns what to queue, if anything.
 
-    Call inside the caller's transaction so the enrollment commits with the capture.
+    Call inside the caller's transaction so the enrollment commits with the capture. Two
+    statements: a capture is on the landing page's hot path.
     """
     now = now or utcnow()
-    opted_out = await TopicPreference.exists().where(
-        (TopicPreference.lead == lead_id) & (TopicPreference.topic == topic_id) & (TopicPreference.subscribed == False)  # noqa: E712
-    )
-    if opted_out:
+    rows = await Chain.raw(_FIRST_STEP, topic_id, now, lead_id)
+    if not rows:
         return None
-    chain = await active_chain_for_topic(topic_id, now)
-    if chain is None:
-        return None
-    first = await Step.objects().where(Step.chain == chain.id).order_by(Step.position).first()
-    if first is None:
-        return None
-    group = assign_group(chain.id, lead_id, chain.holdout_percent)
+    first = rows[0]
+    group = assign_group(first["chain"], lead_id, first["holdout"])
     treated = group == EnrollmentGroup.treatment
-    due_at = now + timedelta(minutes=first.delay_minutes) if treated else None
-    inserted = (
-        await Enrollment.insert(
-            Enrollment(
-                lead=lead_id,
-                chain=chain.id,
-                group=group,
-                variant="A" if bucket("variant", chain.id, lead_id) < 50 else "B",
-                status=EnrollmentStatus.active,
-                next_position=first.position,
-                due_at=due_at,
-                enrolled_at=now,
-            )
-        )
-        .on_conflict(action="DO NOTHING")
-        .returning(Enrollment.id)
+    due_at = now + timedelta(minutes=first["delay"]) if treated else None
+    variant = "A" if bucket("variant", first["chain"], lead_id) < 50 else "B"
+    inserted = await Enrollment.raw(
+        'INSERT INTO enrollment (lead, chain, "group", variant, status, next_position, due_at, exit_reason, enrolled_at) '
+        "VALUES ({}, {}, {}, {}, {}, {}, {}, '', {}) ON CONFLICT DO NOTHING RETURNING id",
+        lead_id, first["chain"], group.value, variant, EnrollmentStatus.active.value, first["position"], due_at, now,
     )
     if not inserted or due_at is None:
         return None
-    return EnrollmentDue(enrollment_id=inserted[0]["id"], position=first.position, due_at=due_at)
+    return EnrollmentDue(enrollment_id=inserted[0]["id"], position=first["position"], due_at=due_at)
 
 
 async def due_enrollments(now: datetime | None = None, limit: int = 10_000) -> list[EnrollmentDue]:

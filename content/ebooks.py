@@ -273,9 +273,9 @@ async def new_download_link(lead_id: int, ebook_id: int, now: datetime | None = 
     returns its signed token."""
     now = now or datetime.now(timezone.utc)
     nonce = secrets.token_hex(12)
-    await DownloadLink.insert(
-        DownloadLink(nonce=nonce, lead=lead_id, ebook=ebook_id, created_at=now, expires_at=now + LINK_LIFETIME)
-    )
+    await DownloadLink.raw(
+        "INSERT INTO download_link (nonce, lead, ebook, created_at, expires_at, downloads, last_download_at) "
+        "VALUES ({}, {}, {}, {}, {}, 0, NULL)", nonce, lead_id, ebook_id, now, now + LINK_LIFETIME)
     return sign("download", nonce)
 
 

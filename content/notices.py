@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -28,13 +29,11 @@ async def queue_notice(lead_id: int, kind: NoticeKind, dedupe_key: str, payload:
                        now: datetime | None = None) -> int | None:
     """Record a letter to send (inside the caller's transaction); None if that key exists."""
     now = now or datetime.now(timezone.utc)
-    rows = (
-        await Notice.insert(
-            Notice(lead=lead_id, kind=kind, dedupe_key=dedupe_key[:120], status=NoticeStatus.pending, payload=payload,
-                   created_at=now, next_attempt_at=now)
-        )
-        .on_conflict(action="DO NOTHING")
-        .returning(Notice.id)
+    rows = await Notice.raw(
+        "INSERT INTO notice (lead, kind, dedupe_key, status, payload, to_address, subject, message_id, smtp_reply, "
+        "attempts, created_at, next_attempt_at, sent_at) VALUES ({}, {}, {}, 'pending', {}, '', '', '', '', 0, {}, {}, NULL) "
+        "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+        lead_id, kind.value, dedupe_key[:120], json.dumps(payload), now, now,
     )
     return rows[0]["id"] if rows else None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 from datetime import datetime, timezone
@@ -26,10 +27,10 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
-from content.chains import EnrollmentDue, queue_send
+from content.chains import EnrollmentDue
 from content.delivery import is_suppressed, suppress
 from content.ebooks import EbookUnavailable, LinkRefused, use_download_link
-from content.notices import notice_job_id, queue_notice
+from content.notices import queue_notice
 from content.tables import LandingPage, NoticeKind, SuppressionReason
 from landing.forms import FIELD_LABELS, page_fields, validate_capture
 from landing.pageviews import PageView, PageViewBuffer
@@ -47,6 +48,8 @@ from landing.service import (
 )
 from landing.tables import Lead
 from landing.tokens import TokenError, sign, unsign
+from litestar.utils.scope.state import ScopeState
+
 from server.settings import get_settings
 
 log = logging.getLogger("leadkiln.landing")
@@ -59,16 +62,15 @@ RIGHTS_LIFETIME = 3600
 
 async def enqueue_after_commit(arq: ArqRedis | None, lead_id: int | None, due: EnrollmentDue | None = None,
                                notice_id: int | None = None) -> None:
-    """Queue the follow-up work; if Redis is away, the sweeper finds it in the database."""
+    """Queue the follow-up work as one job (one Redis round trip on the form's hot path);
+    if Redis is away, the sweeper finds the letters in the database."""
     if arq is None:
         return
     try:
-        if notice_id is not None:
-            await arq.enqueue_job("send_notice", notice_id, _job_id=notice_job_id(notice_id))
-        if due is not None:
-            await queue_send(arq, due)
-        if lead_id is not None:
-            await arq.enqueue_job("rescore_lead", lead_id)
+        await arq.enqueue_job(
+            "follow_up", lead_id, notice_id,
+            (due.enrollment_id, due.position, due.due_at.isoformat()) if due is not None else None,
+        )
     except Exception:  # noqa: BLE001 - the capture is committed; the sweeper recovers the letters.
         log.exception("could not enqueue follow-up work for lead %s", lead_id)
 
@@ -153,6 +155,27 @@ def _cover_url(bundle: PageBundle) -> str:
     return ""
 
 
+_TOKEN_MARK = "\x00lk-csrf\x00"
+_ACTION_MARK = "\x00lk-action\x00"
+_anonymous_pages: dict[int, tuple[PageBundle, str]] = {}
+
+
+def _anonymous_page(request: Request, bundle: PageBundle) -> str:
+    """The page for a visitor we do not know, with marks where the CSRF token and the form's
+    address go; rendered again whenever the page's cached bundle is renewed."""
+    cached = _anonymous_pages.get(bundle.page.id)
+    if cached is not None and cached[0] is bundle:
+        return cached[1]
+    context = _page_context(request, bundle, None, {}, {}) | {
+        "action": _ACTION_MARK,
+        "csrf_input": f'<input type="hidden" name="_csrf_token" value="{_TOKEN_MARK}" />',
+    }
+    template = request.app.template_engine.get_template("landing/page.html")
+    rendered = template.render(**context)
+    _anonymous_pages[bundle.page.id] = (bundle, rendered)
+    return rendered
+
+
 def _message(title: str, text: str, status_code: int = HTTP_200_OK, headers: dict[str, str] | None = None,
              **more: Any) -> Template:
     """A page with a title, a line of text, and an optional link or button (a POST form)."""
@@ -171,7 +194,7 @@ class LandingController(Controller):
     include_in_schema = False
 
     @get("/{slug:str}")
-    async def show(self, request: Request, slug: FromPath[str]) -> Template | Redirect:
+    async def show(self, request: Request, slug: FromPath[str]) -> Template | Redirect | Response[str]:
         """Render a landing page and count the view (written in the next batch)."""
         bundle = await page_by_slug(slug)
         if bundle is None:
@@ -185,8 +208,19 @@ class LandingController(Controller):
         buffer: PageViewBuffer = request.app.state.page_views
         await buffer.add(PageView(cookie_id, bundle.page.slug, bundle.topic.id, _touch(request),
                                   request.headers.get("user-agent", ""), datetime.now(timezone.utc)))
-        return Template(template_name="landing/page.html", context=_page_context(request, bundle, known, {}, {}),
-                        cookies=cookies)
+        if known is not None:
+            return Template(template_name="landing/page.html", context=_page_context(request, bundle, known, {}, {}),
+                            cookies=cookies)
+        # Everyone else sees the same page but for the form's token and address: rendered
+        # once per page version, then filled in.
+        html_page = _anonymous_page(request, bundle)
+        csrf_token = ScopeState.from_scope(request.scope).csrf_token  # set by the CSRF middleware
+        csrf_token = csrf_token if isinstance(csrf_token, str) else ""
+        query = request.url.query
+        action = f"/l/{bundle.page.slug}" + (f"?{query}" if query else "")
+        body = html_page.replace(_TOKEN_MARK, html.escape(csrf_token, quote=True), 1).replace(
+            _ACTION_MARK, html.escape(action, quote=True), 1)
+        return Response(body, media_type="text/html; charset=utf-8", cookies=cookies)
 
     @post("/{slug:str}", status_code=HTTP_303_SEE_OTHER)
     async def submit(self, request: Request, slug: FromPath[str], arq: NamedDependency[ArqRedis | None]) -> Template | Redirect:

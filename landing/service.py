@@ -106,32 +106,49 @@ async def known_lead(cookie_id: str) -> KnownLead | None:
     return KnownLead(row["lead.id"], row["lead.email"], fields)
 
 
+PAGE_VIEW_CHUNK = 500
+"""Views per statement: far under SQLite's limit on parameters."""
+
+
 async def write_page_views(views: list[PageView]) -> set[int]:
-    """Write a batch of page views in one transaction; returns the known leads among them."""
+    """Write a batch of page views in one transaction, two statements a chunk (raw SQL both
+    databases speak: building ORM rows cost more than the database's work); returns the
+    known leads among the visitors."""
+    leads: set[int] = set()
+    async with Event._meta.db.transaction():
+        for start in range(0, len(views), PAGE_VIEW_CHUNK):
+            leads |= await _write_page_view_chunk(views[start:start + PAGE_VIEW_CHUNK])
+    return leads
+
+
+async def _write_page_view_chunk(views: list[PageView]) -> set[int]:
     latest: dict[str, PageView] = {}
     first_seen: dict[str, datetime] = {}
     for view in views:
         latest[view.cookie_id] = view
         first_seen.setdefault(view.cookie_id, view.occurred_at)
-    async with Event._meta.db.transaction():
-        # One row per cookie in the upsert: PostgreSQL refuses to update a row twice in one statement.
-        await Visitor.insert(*[
-            Visitor(cookie_id=cookie, user_agent=view.user_agent[:500], first_seen_at=first_seen[cookie],
-                    last_seen_at=view.occurred_at)
-            for cookie, view in latest.items()
-        ]).on_conflict(target=Visitor.cookie_id, action="DO UPDATE", values=[Visitor.last_seen_at])
-        visitors = {
-            row["cookie_id"]: row
-            for row in await Visitor.select(Visitor.id, Visitor.cookie_id, Visitor.lead).where(
-                Visitor.cookie_id.is_in(list(latest)))
-        }
-        await Event.insert(*[
-            Event(type="page_view", visitor=visitors[view.cookie_id]["id"], lead=visitors[view.cookie_id]["lead"],
-                  topic=view.topic_id, properties={"page": view.page_slug} | view.properties,
-                  occurred_at=view.occurred_at)
-            for view in views
-        ])
-    return {row["lead"] for row in visitors.values() if row["lead"] is not None}
+    # One row per cookie in the upsert: PostgreSQL refuses to update a row twice in one statement.
+    args: list[Any] = []
+    for cookie, view in latest.items():
+        args += [cookie, view.user_agent[:500], first_seen[cookie], view.occurred_at]
+    visitors = await Visitor.raw(
+        "INSERT INTO visitor (cookie_id, lead, user_agent, first_seen_at, last_seen_at) VALUES "
+        + ", ".join(["({}, NULL, {}, {}, {})"] * len(latest))
+        + " ON CONFLICT (cookie_id) DO UPDATE SET last_seen_at = excluded.last_seen_at RETURNING id, cookie_id, lead",
+        *args,
+    )
+    by_cookie = {row["cookie_id"]: row for row in visitors}
+    args = []
+    for view in views:
+        visitor = by_cookie[view.cookie_id]
+        args += [visitor["id"], visitor["lead"], view.topic_id, json.dumps({"page": view.page_slug} | view.properties),
+                 view.occurred_at]
+    await Event.raw(
+        "INSERT INTO event (type, visitor, lead, topic, properties, occurred_at) VALUES "
+        + ", ".join(["('page_view', {}, {}, {}, {}, {})"] * len(views)),
+        *args,
+    )
+    return {row["lead"] for row in visitors if row["lead"] is not None}
 
 
 TOUCH_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "referrer")
@@ -150,6 +167,29 @@ async def _first_touch(visitor_id: int, fallback: dict[str, str]) -> dict[str, s
     return {k: str(v) for k, v in properties.items() if k in TOUCH_KEYS} or fallback
 
 
+_UPSERT_VISITOR = (
+    "INSERT INTO visitor (cookie_id, lead, user_agent, first_seen_at, last_seen_at) VALUES ({}, NULL, {}, {}, {}) "
+    "ON CONFLICT (cookie_id) DO UPDATE SET last_seen_at = excluded.last_seen_at RETURNING id, lead, first_seen_at"
+)
+# One statement makes or finds the lead: a new address inserts it, a known one keeps what it
+# had unless this form gave a value, and takes this visit as its last touch.
+_UPSERT_LEAD = (
+    "INSERT INTO lead (email, external_id, first_name, last_name, company, role, timezone, source, first_touch, "
+    "last_touch, attributes, stage, owner, topic, outcome_at, historical, confirmed, erased_at, created_at, updated_at) "
+    "VALUES ({}, NULL, {}, {}, {}, {}, '', {}, {}, {}, {}, 'new', NULL, {}, NULL, FALSE, FALSE, NULL, {}, {}) "
+    "ON CONFLICT (email) DO UPDATE SET "
+    + ", ".join(f"{f} = CASE WHEN excluded.{f} <> '' THEN excluded.{f} ELSE lead.{f} END"
+                for f in ("first_name", "last_name", "company", "role"))
+    + ", last_touch = excluded.last_touch, updated_at = excluded.updated_at RETURNING id, confirmed, created_at"
+)
+_UPDATE_KNOWN_LEAD = (
+    "UPDATE lead SET "
+    + ", ".join(f"{f} = CASE WHEN {{}} <> '' THEN {{}} ELSE {f} END" for f in ("first_name", "last_name", "company", "role"))
+    + ", last_touch = {}, updated_at = {} WHERE id = {} RETURNING id, confirmed, created_at"
+)
+_INSERT_EVENT = "INSERT INTO event (type, visitor, lead, topic, properties, occurred_at) VALUES ({}, {}, {}, {}, {}, {})"
+
+
 async def capture(
     bundle: PageBundle,
     form: CaptureForm,
@@ -162,46 +202,41 @@ async def capture(
     """Write the lead, its consent and events, and what follows (download link and letter,
     or the confirmation letter; the enrollment), all or nothing.
 
-    `known` is the returning visitor's lead when the form asked for no email.
+    `known` is the returning visitor's lead when the form asked for no email. Raw SQL that
+    both databases speak, one statement per row written: this is the landing page's hot path.
     """
     page, ebook, topic = bundle.page, bundle.ebook, bundle.topic
     now = datetime.now(timezone.utc)
+    fields = [form.fields.get(f, "") for f in ("first_name", "last_name", "company", "role")]
+    touch_json = json.dumps(touch)
     async with Lead._meta.db.transaction():
-        visitor_id = await _visitor(cookie_id, user_agent, now)
-        created = False
+        visitor = (await Visitor.raw(_UPSERT_VISITOR, cookie_id, user_agent[:500], now, now))[0]
+        # A visitor first seen just now has no history to join and no earlier touch.
+        fresh_visitor = _same_instant(visitor["first_seen_at"], now)
         if form.email:
-            # Insert-or-nothing first: two submissions of a new address at once make one lead.
-            first_touch = await _first_touch(visitor_id, touch)
-            inserted = (
-                await Lead.insert(
-                    Lead(email=form.email, source=first_touch.get("utm_source") or "landing", first_touch=first_touch,
-                         last_touch=touch, created_at=now, topic=topic.id, **form.fields)
-                )
-                .on_conflict(target=Lead.email, action="DO NOTHING")
-                .returning(Lead.id, Lead.confirmed)
-            )
-            created = bool(inserted)
-            row = inserted[0] if inserted else await Lead.select(Lead.id, Lead.confirmed).where(Lead.email == form.email).first()
+            first_touch = touch if fresh_visitor else await _first_touch(visitor["id"], touch)
+            row = (await Lead.raw(
+                _UPSERT_LEAD, form.email, *fields, first_touch.get("utm_source") or "landing", json.dumps(first_touch),
+                touch_json, "{}", topic.id, now, now,
+            ))[0]
         else:
             assert known is not None, "a capture without an email needs the returning visitor's lead"
-            row = await Lead.select(Lead.id, Lead.confirmed).where(Lead.id == known.id).first()
-        lead_id, confirmed = row["id"], row["confirmed"]
-        if not created:
-            updates = {getattr(Lead, k): v for k, v in form.fields.items() if v}
-            updates[Lead.last_touch] = touch
-            await Lead.update(updates).where(Lead.id == lead_id)
-        await Visitor.update({Visitor.lead: lead_id}).where(Visitor.id == visitor_id)
-        # The visitor's anonymous history now belongs to the lead.
-        await Event.update({Event.lead: lead_id}).where((Event.visitor == visitor_id) & (Event.lead.is_null()))
-        consent = await Consent.insert(
-            Consent(lead=lead_id, page_url=f"/l/{page.slug}", text=page.consent_text, version=page.consent_version,
-                    ip=ip[:45], user_agent=user_agent[:500], given_at=now)
-        ).returning(Consent.id)
-        consent_id = consent[0]["id"]
-        await Event.insert(
-            Event(type="form_submit", visitor=visitor_id, lead=lead_id, topic=topic.id,
-                  properties={"page": page.slug, "ebook": ebook.slug} | touch, occurred_at=now),
+            row = (await Lead.raw(_UPDATE_KNOWN_LEAD, *[v for f in fields for v in (f, f)], touch_json, now, known.id))[0]
+        lead_id, confirmed = row["id"], bool(row["confirmed"])
+        created = _same_instant(row["created_at"], now)
+        if visitor["lead"] != lead_id:
+            await Visitor.raw("UPDATE visitor SET lead = {} WHERE id = {}", lead_id, visitor["id"])
+            if not fresh_visitor:
+                # The visitor's anonymous history now belongs to the lead.
+                await Event.raw("UPDATE event SET lead = {} WHERE visitor = {} AND lead IS NULL", lead_id, visitor["id"])
+        consent = await Consent.raw(
+            "INSERT INTO consent (lead, page_url, text, version, ip, user_agent, given_at) "
+            "VALUES ({}, {}, {}, {}, {}, {}, {}) RETURNING id",
+            lead_id, f"/l/{page.slug}", page.consent_text, page.consent_version, ip[:45], user_agent[:500], now,
         )
+        consent_id = consent[0]["id"]
+        await Event.raw(_INSERT_EVENT, "form_submit", visitor["id"], lead_id, topic.id,
+                        json.dumps({"page": page.slug, "ebook": ebook.slug} | touch), now)
         confirm_needed = page.double_opt_in and not confirmed
         due = None
         download_token = None
@@ -215,6 +250,15 @@ async def capture(
             due = await enroll(lead_id, topic.id, now)
     return CaptureResult(lead_id=lead_id, created=created, due=due, notice_id=notice_id,
                          download_token=download_token, confirm_needed=confirm_needed)
+
+
+def _same_instant(stored: Any, now: datetime) -> bool:
+    """Whether a timestamp read back is the one this statement wrote (SQLite returns text)."""
+    if isinstance(stored, str):
+        stored = datetime.fromisoformat(stored)
+    if stored.tzinfo is None:
+        stored = stored.replace(tzinfo=timezone.utc)
+    return stored == now
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     # A pool opened by our host (a test session, the worker in the same process) is left to it.
     own_pool = isinstance(engine, PostgresEngine) and engine.pool is None
     if own_pool:
-        await engine.start_connection_pool(max_size=settings.db_pool_size)
+        await engine.start_connection_pool(min_size=1, max_size=settings.db_pool_size)
     arq = None
     if settings.redis_url:
         arq = await create_pool(RedisSettings.from_dsn(settings.redis_url))

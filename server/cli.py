@@ -173,7 +173,9 @@ def _embedded_redis_if_needed(settings: Settings) -> Any:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Web processes.")
-def serve(host: str, port: int, workers: int) -> None:
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="Log every request (off when a proxy in front logs them).")
+def serve(host: str, port: int, workers: int, access_log: bool) -> None:
     """Run the web app (landing pages, API, admin)."""
     settings = settings_or_exit()
     check_port(host, port)
@@ -183,7 +185,7 @@ def serve(host: str, port: int, workers: int) -> None:
 
     try:
         uvicorn.run("server.asgi:app", host=host, port=port, workers=workers, log_level="info",
-                    proxy_headers=True, server_header=False)
+                    proxy_headers=True, server_header=False, access_log=access_log)
     finally:
         if redis is not None:
             redis.stop()
@@ -366,7 +368,7 @@ def run_with_database(work: Any) -> Any:
         engine = engine_finder()
         pooled = isinstance(engine, PostgresEngine)
         if pooled:
-            await engine.start_connection_pool(max_size=4)
+            await engine.start_connection_pool(min_size=1, max_size=4)
         try:
             return await work()
         finally:

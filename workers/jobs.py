@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 
-from content.chains import due_enrollments, queue_send
+from content.chains import EnrollmentDue, due_enrollments, queue_send
 from content.delivery import report_stuck_deliveries, send_due_step
 from content.ebooks import EbookUnavailable, rendered_ebook
 from content.notices import due_notices, notice_job_id, send_notice as send_notice_service
@@ -25,6 +26,20 @@ async def send_step(ctx: dict[str, Any], enrollment_id: int) -> str:
     if result.outcome.value in ("retry", "bounced", "unknown", "gave_up"):
         log.warning("enrollment %s: %s %s", enrollment_id, result.outcome.value, result.detail)
     return result.outcome.value
+
+
+async def follow_up(ctx: dict[str, Any], lead_id: int | None, notice_id: int | None = None,
+                    due: tuple[int, int, str] | None = None) -> None:
+    """What a capture, a confirmation or an event leaves to do: queue the letter a visitor
+    asked for and the chain's next letter, and rescore the lead. One job, so the web
+    process spends one Redis round trip on it."""
+    if notice_id is not None:
+        await ctx["redis"].enqueue_job("send_notice", notice_id, _job_id=notice_job_id(notice_id))
+    if due is not None:
+        enrollment_id, position, due_at = due
+        await queue_send(ctx["redis"], EnrollmentDue(enrollment_id, position, datetime.fromisoformat(due_at)))
+    if lead_id is not None:
+        await rescore_lead_service(lead_id)
 
 
 async def send_notice(ctx: dict[str, Any], notice_id: int) -> str:

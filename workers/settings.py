@@ -21,7 +21,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     engine = engine_finder()
     ctx["own_pool"] = isinstance(engine, PostgresEngine) and engine.pool is None
     if ctx["own_pool"]:
-        await engine.start_connection_pool(max_size=settings.db_pool_size)
+        await engine.start_connection_pool(min_size=1, max_size=settings.db_pool_size)
     if "relay" in ctx:
         return
     if settings.smtp is None:
@@ -51,6 +51,7 @@ class WorkerSettings:
         # keep_result=0: a finished send frees its job id at once, so the sweeper can queue
         # the step again if it is still due (a retry after a refusal).
         func(jobs.send_step, keep_result=0, max_tries=5),
+        func(jobs.follow_up, keep_result=0, max_tries=3),
         func(jobs.send_notice, keep_result=0, max_tries=5),
         func(jobs.render_ebook, keep_result=0, max_tries=2, timeout=600),
         func(jobs.rescore_lead, keep_result=0, max_tries=3),
