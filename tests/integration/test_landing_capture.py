@@ -227,3 +227,22 @@ async def test_batched_page_views_reach_the_database_and_join_known_leads(client
     assert await Event.count().where(Event.type == "page_view") == 4  # the form's own GET, and these three
     assert await Event.count().where((Event.type == "page_view") & (Event.lead == lead.id)) == 2
     assert rescored == [{lead.id}]
+
+
+async def test_enrollment_groups_and_variants_are_the_stable_buckets(client, catalog) -> None:
+    """The capture's SQL (one statement on PostgreSQL) assigns the same groups as the Python."""
+    from content.chains import assign_group, bucket
+    from content.tables import Chain
+
+    await Chain.update({Chain.holdout_percent: 50}).where(Chain.name == "SEO nurture")
+    for n in range(18):  # under the per-address limit of 20 a minute
+        client.cookies.clear()
+        assert (await post_form(client, "seo", email=f"bucket{n}@example.com", consent="on")).status_code == 303
+    enrollments = await Enrollment.select(Enrollment.lead, Enrollment.chain, Enrollment.group, Enrollment.variant,
+                                          Enrollment.due_at)
+    assert len(enrollments) == 18
+    for e in enrollments:
+        assert e["group"] == assign_group(e["chain"], e["lead"], 50).value
+        assert e["variant"] == ("A" if bucket("variant", e["chain"], e["lead"]) < 50 else "B")
+        assert (e["due_at"] is None) == (e["group"] == "control"), "the control group gets no letters"
+    assert {e["group"] for e in enrollments} == {"control", "treatment"}
