@@ -5,11 +5,15 @@ from __future__ import annotations
 import html
 import json
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
+from uuid import uuid4
 
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix
+from arq.jobs import serialize_job
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import CacheControlHeader, Cookie
 from litestar.di import NamedDependency
@@ -67,12 +71,28 @@ async def enqueue_after_commit(arq: ArqRedis | None, lead_id: int | None, due: E
     if arq is None:
         return
     try:
-        await arq.enqueue_job(
-            "follow_up", lead_id, notice_id,
+        await enqueue_fresh(
+            arq, "follow_up", lead_id, notice_id,
             (due.enrollment_id, due.position, due.due_at.isoformat()) if due is not None else None,
         )
     except Exception:  # noqa: BLE001 - the capture is committed; the sweeper recovers the letters.
         log.exception("could not enqueue follow-up work for lead %s", lead_id)
+
+
+async def enqueue_fresh(arq: ArqRedis, function: str, *args: Any) -> None:
+    """Queue a job with a new random id in one round trip.
+
+    ArqRedis.enqueue_job spends three (WATCH, EXISTS, MULTI/EXEC) making sure a caller-chosen
+    id is not queued twice; a fresh uuid cannot be, so this writes the same two keys (the
+    job, and its place in the queue) in one MULTI/EXEC.
+    """
+    job_id = uuid4().hex
+    now_ms = int(time.time() * 1000)
+    job = serialize_job(function, args, {}, None, now_ms, serializer=arq.job_serializer)
+    async with arq.pipeline(transaction=True) as pipe:
+        pipe.psetex(job_key_prefix + job_id, arq.expires_extra_ms, job)
+        pipe.zadd(arq.default_queue_name, {job_id: now_ms})
+        await pipe.execute()
 
 
 def client_ip(request: Request) -> str:
