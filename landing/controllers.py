@@ -305,6 +305,7 @@ class LandingController(Controller):
             email = mask_email(lead["email"]) if lead and lead["email"] else ""
         return Template(template_name="landing/thanks.html", context={
             "ebook": bundle.ebook, "topic": bundle.topic, "email": email, "confirm": state.get("c", True),
+            "page_slug": bundle.page.slug,
             "download": f"/d/{state['d']}" if state.get("d") else "",
         })
 

@@ -36,7 +36,7 @@ def normalise_email(raw: str) -> str:
         # ASCII addresses only: a relay without SMTPUTF8 would refuse the others forever.
         result = validate_email(raw, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
-        raise ValueError(f"This email address is not valid: {exc}") from None
+        raise ValueError(f"This address is not valid. {exc}") from None
     # Punycode for an internationalised domain: what every relay and header accepts.
     return (result.ascii_email or result.normalized).lower()
 

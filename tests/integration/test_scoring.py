@@ -56,7 +56,7 @@ async def test_rows_that_cannot_be_imported_are_reported_and_the_rest_land(tmp_p
     path = crm_export(tmp_path / "crm.csv", rows=30, bad_emails=2)
     report = await import_leads(ImportOptions(path, outcome="Converted", email_column="Email"))
     assert len(report.skipped) == 2
-    assert report.skipped[0].startswith("line 2: This email address is not valid")
+    assert report.skipped[0].startswith("line 2: This address is not valid")
     assert await Lead.count() == 28
 
 

@@ -28,14 +28,14 @@ def test_malformed_emails_are_refused_with_a_reason(raw: str, reason: str) -> No
     with pytest.raises(ValueError) as info:
         normalise_email(raw)
     message = str(info.value)
-    assert message.startswith("This email address is not valid: ")
+    assert message.startswith("This address is not valid. ")
     assert reason in message
     assert "Error" not in message
 
 
 def test_a_non_ascii_mailbox_name_is_refused_clearly() -> None:
     # Most relays lack SMTPUTF8: such an address would fail at every send.
-    with pytest.raises(ValueError, match="This email address is not valid: Internationalized characters before the @-sign"):
+    with pytest.raises(ValueError, match="This address is not valid. Internationalized characters before the @-sign"):
         normalise_email("jörg@example.com")
 
 
@@ -69,7 +69,7 @@ def test_errors_are_keyed_by_field() -> None:
     form = validate_capture({"email": "no-at", "first_name": "A\nB"}, ["first_name"])
     assert not form.ok
     assert set(form.errors) == {"email", "first_name", "consent"}
-    assert form.errors["email"].startswith("This email address is not valid")
+    assert form.errors["email"].startswith("This address is not valid")
 
 
 def test_missing_consent_is_an_error() -> None:
