@@ -15,7 +15,7 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import CacheControlHeader, Cookie
+from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException
 from litestar.params import FromPath, FromQuery
@@ -36,6 +36,7 @@ from content.delivery import is_suppressed, suppress
 from content.ebooks import EbookUnavailable, LinkRefused, use_download_link
 from content.notices import queue_notice
 from content.tables import LandingPage, NoticeKind, SuppressionReason
+from landing.cookies import cookie_header
 from landing.forms import FIELD_LABELS, page_fields, validate_capture
 from landing.pageviews import PageView, PageViewBuffer
 from landing.ratelimit import hit, limit_key
@@ -113,14 +114,14 @@ def valid_cookie_id(value: str) -> bool:
     return 16 <= len(value) <= 64 and value.replace("-", "").replace("_", "").isalnum()
 
 
-def _visitor_cookie(request: Request, fresh: bool = False) -> tuple[str, list[Cookie]]:
+def _visitor_cookie(request: Request, fresh: bool = False) -> tuple[str, dict[str, str]]:
+    """The visitor's id, and the header that sets it when it is new (empty when known)."""
     cookie_id = request.cookies.get(VISITOR_COOKIE, "")
     if valid_cookie_id(cookie_id) and not fresh:
-        return cookie_id, []
+        return cookie_id, {}
     cookie_id = new_cookie_id()
     secure = get_settings().public_url.startswith("https://")
-    return cookie_id, [Cookie(key=VISITOR_COOKIE, value=cookie_id, max_age=365 * 86400, httponly=True, samesite="lax",
-                              path="/", secure=secure)]
+    return cookie_id, {"set-cookie": cookie_header(VISITOR_COOKIE, cookie_id, max_age=365 * 86400, secure=secure)}
 
 
 def _touch(request: Request) -> dict[str, str]:
@@ -222,7 +223,7 @@ class LandingController(Controller):
         if request.query_params.get("forget"):
             # "Not you?": a new visitor id, so the page asks for an email again.
             _, cookies = _visitor_cookie(request, fresh=True)
-            return Redirect(f"/l/{slug}", status_code=HTTP_303_SEE_OTHER, cookies=cookies)
+            return Redirect(f"/l/{slug}", status_code=HTTP_303_SEE_OTHER, headers=cookies)
         cookie_id, cookies = _visitor_cookie(request)
         known = await known_lead(cookie_id) if not cookies else None
         buffer: PageViewBuffer = request.app.state.page_views
@@ -230,7 +231,7 @@ class LandingController(Controller):
                                   request.headers.get("user-agent", ""), datetime.now(timezone.utc)))
         if known is not None:
             return Template(template_name="landing/page.html", context=_page_context(request, bundle, known, {}, {}),
-                            cookies=cookies)
+                            headers=cookies)
         # Everyone else sees the same page but for the form's token and address: rendered
         # once per page version, then filled in.
         html_page = _anonymous_page(request, bundle)
@@ -240,7 +241,7 @@ class LandingController(Controller):
         action = f"/l/{bundle.page.slug}" + (f"?{query}" if query else "")
         body = html_page.replace(_TOKEN_MARK, html.escape(csrf_token, quote=True), 1).replace(
             _ACTION_MARK, html.escape(action, quote=True), 1)
-        return Response(body, media_type="text/html; charset=utf-8", cookies=cookies)
+        return Response(body, media_type="text/html; charset=utf-8", headers=cookies)
 
     @post("/{slug:str}", status_code=HTTP_303_SEE_OTHER)
     async def submit(self, request: Request, slug: FromPath[str], arq: NamedDependency[ArqRedis | None]) -> Template | Redirect:
@@ -268,8 +269,7 @@ class LandingController(Controller):
                 template_name="landing/page.html",
                 context=_page_context(request, bundle, known, values, {},
                                       notice=f"Too many attempts. Please try again in {verdict.retry_after} seconds."),
-                status_code=HTTP_429_TOO_MANY_REQUESTS, cookies=cookies,
-                headers={"Retry-After": str(verdict.retry_after)},
+                status_code=HTTP_429_TOO_MANY_REQUESTS, headers=cookies | {"Retry-After": str(verdict.retry_after)},
             )
             return response
         if not form.ok:
@@ -277,7 +277,7 @@ class LandingController(Controller):
                 template_name="landing/page.html",
                 context=_page_context(request, bundle, known, values, form.errors),
                 status_code=HTTP_422_UNPROCESSABLE_ENTITY,
-                cookies=cookies,
+                headers=cookies,
             )
         result = await capture(bundle, form, cookie_id, ip, request.headers.get("user-agent", ""), _touch(request),
                                known=known)
@@ -285,7 +285,7 @@ class LandingController(Controller):
         token = sign("thanks", {"l": result.lead_id, "p": bundle.page.id, "c": result.confirm_needed,
                                 "d": result.download_token})
         # Redirect after POST: a reload shows the thank-you page instead of posting again.
-        return Redirect(f"/l/{slug}/thanks?{urlencode({'t': token})}", status_code=HTTP_303_SEE_OTHER, cookies=cookies)
+        return Redirect(f"/l/{slug}/thanks?{urlencode({'t': token})}", status_code=HTTP_303_SEE_OTHER, headers=cookies)
 
     @get("/{slug:str}/thanks")
     async def thanks(self, slug: FromPath[str], t: FromQuery[str] = "") -> Template:

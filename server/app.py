@@ -14,6 +14,7 @@ from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import CacheControlHeader, State
 from litestar.static_files import create_static_files_router
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -24,6 +25,7 @@ from piccolo.engine import engine_finder
 from piccolo.engine.postgres import PostgresEngine
 
 from landing.pageviews import PageViewBuffer
+from server.csrf import LeanCSRFMiddleware
 from server.health import health
 from server.settings import get_settings
 
@@ -115,7 +117,7 @@ def create_app() -> Litestar:
         dependencies={"arq": Provide(provide_arq, sync_to_thread=False)},
         lifespan=[lifespan],
         template_config=TemplateConfig(directory=TEMPLATE_DIRS, engine=JinjaTemplateEngine),
-        csrf_config=CSRFConfig(
+        middleware=[DefineMiddleware(LeanCSRFMiddleware, config=CSRFConfig(
             secret=settings.secret_key,
             cookie_name="lk_csrf",
             header_name="x-lk-csrf",
@@ -127,7 +129,7 @@ def create_app() -> Litestar:
             # called /l/api-guide would skip CSRF. /u/ is RFC 8058 one-click unsubscribe,
             # which mailbox providers POST without a token (the signed URL is the proof).
             exclude=["^/admin(/|$)", "^/api/", "^/u/", "^/health$"],
-        ),
+        ))],
         exception_handlers={NotFoundException: not_found},
         openapi_config=OpenAPIConfig(title="leadkiln", version="0.1.0", path="/api/schema",
                                      components=SECURITY_COMPONENTS),
