@@ -17,6 +17,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromQuery, JSONBody, Parameter
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_422_UNPROCESSABLE_ENTITY, HTTP_429_TOO_MANY_REQUESTS
@@ -92,6 +93,25 @@ class LeadOut(msgspec.Struct):
     source: str
     created_at: datetime
     scores: list[ScoreOut]
+
+
+class ApiError(msgspec.Struct):
+    """Every refusal: the status and a sentence saying what to change."""
+
+    status_code: int
+    detail: str
+
+
+def _refusals(*codes: int) -> dict[int, ResponseSpec]:
+    words = {
+        401: "No API key, or one that is unknown or revoked.",
+        403: "The key may not do this (a browser key naming an email or used from another site; reading leads needs a server key).",
+        404: "No such lead.",
+        413: "The body is over 64 KiB.",
+        422: "The event cannot be accepted: the detail says why (unknown type, a time in the future, …).",
+        429: "Too many requests for this key; see Retry-After.",
+    }
+    return {code: ResponseSpec(data_container=ApiError, description=words[code], generate_examples=False) for code in codes}
 
 
 class ApiProblem(HTTPException):
@@ -264,7 +284,7 @@ class ApiController(Controller):
     tags = ["api"]
 
     @post("/events", status_code=HTTP_202_ACCEPTED, security=[{"ApiKey": []}],
-          responses={})
+          responses=_refusals(401, 403, 413, 422, 429))
     async def events(self, request: Request, data: JSONBody[EventIn], arq: NamedDependency[ArqRedis | None]) -> EventAccepted:
         """Record an event; a known lead is rescored within seconds."""
         api_key = await authenticate(request, data.key)
@@ -281,13 +301,13 @@ class ApiController(Controller):
                 pass
         return accepted
 
-    @get("/leads/{lead_id:int}", security=[{"ApiKey": []}])
-    async def lead(self, request: Request, lead_id: Annotated[int, Parameter(ge=1, le=2**62)]) -> LeadOut:
+    @get("/leads/{lead_id:int}", security=[{"ApiKey": []}], responses=_refusals(401, 403, 404))
+    async def lead(self, request: Request, lead_id: Annotated[int, Parameter(ge=1, le=2**31 - 1)]) -> LeadOut:
         """A lead and its scores per topic (server keys only)."""
         await _server_key(request)
         return await _lead_out(lead_id)
 
-    @get("/leads", security=[{"ApiKey": []}])
+    @get("/leads", security=[{"ApiKey": []}], responses=_refusals(401, 403, 404, 422))
     async def lead_by_email(self, request: Request, email: FromQuery[Annotated[str, Parameter(max_length=254)]]) -> LeadOut:
         """Find a lead by email (server keys only)."""
         await _server_key(request)

@@ -8,7 +8,7 @@ import logging
 import time
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 from uuid import uuid4
 
 from arq.connections import ArqRedis
@@ -311,18 +311,26 @@ class LandingController(Controller):
 
 
 async def _form(request: Request) -> dict[str, str]:
-    """The submitted fields as text; a body that is not UTF-8 is refused clearly."""
+    """The submitted fields as text; a body that is not UTF-8 is refused clearly.
+
+    A URL-encoded body is parsed here, strictly as UTF-8: Litestar reads raw bytes as
+    latin-1, which would store "Léa" sent by a script as "LÃ©a".
+    """
+    content_type, _ = request.content_type
+    if content_type == "application/x-www-form-urlencoded":
+        try:
+            pairs = parse_qsl((await request.body()).decode("utf-8"), keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError:
+            raise ClientException("The form was not sent as UTF-8 text.") from None
+        data: dict[str, str] = {}
+        for key, value in pairs:
+            data.setdefault(key, value)  # the first of repeated fields, as browsers send one
+        return data
     try:
         form_data = await request.form()
     except UnicodeDecodeError:
         raise ClientException("The form was not sent as UTF-8 text.") from None
-    data = {}
-    for key, value in form_data.items():
-        if isinstance(value, str):
-            if "\ufffd" in value:
-                raise ClientException("The form was not sent as UTF-8 text.")
-            data[key] = value
-    return data
+    return {key: value for key, value in form_data.items() if isinstance(value, str)}
 
 
 class DownloadController(Controller):

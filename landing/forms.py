@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 
 from email_validator import EmailNotValidError, validate_email
@@ -42,9 +43,10 @@ def normalise_email(raw: str) -> str:
 
 
 def clean_text(value: str, limit: int, label: str) -> str:
-    """One line of text: control characters (CR/LF included) refused, not silently dropped."""
+    """One line of text: control characters (C0, DEL, C1 such as U+0085) and line or
+    paragraph separators refused, not silently dropped: a name goes into letter headers."""
     value = value.strip()
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value):
         raise ValueError(f"{label} must be a single line of plain text.")
     if len(value) > limit:
         raise ValueError(f"{label} has at most {limit} characters.")

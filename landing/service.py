@@ -196,7 +196,7 @@ _FIELDS = ("first_name", "last_name", "company", "role")
 _LEAD_UPSERT_PG = f"""
   INSERT INTO lead (email, external_id, first_name, last_name, company, role, timezone, source, first_touch, last_touch,
                     attributes, stage, owner, topic, outcome_at, historical, confirmed, erased_at, created_at, updated_at)
-  SELECT $4, NULL, $5, $6, $7, $8, '', COALESCE(ft.touch->>'utm_source', 'landing'), ft.touch, $9::json, '{{}}'::json,
+  SELECT $4, NULL, $5, $6, $7, $8, '', LEFT(COALESCE(ft.touch->>'utm_source', 'landing'), 100), ft.touch, $9::json, '{{}}'::json,
          'new', NULL, $10, NULL, FALSE, FALSE, NULL, $3, $3
   FROM (SELECT COALESCE(
           (SELECT json_object_agg(key, value) FROM json_each((
@@ -330,7 +330,7 @@ async def capture(
         if form.email:
             first_touch = touch if fresh_visitor else await _first_touch(visitor["id"], touch)
             row = (await Lead.raw(
-                _UPSERT_LEAD, form.email, *fields, first_touch.get("utm_source") or "landing", json.dumps(first_touch),
+                _UPSERT_LEAD, form.email, *fields, (first_touch.get("utm_source") or "landing")[:100], json.dumps(first_touch),
                 touch_json, "{}", topic.id, now, now,
             ))[0]
         else:
