@@ -115,11 +115,60 @@ async def write_page_views(views: list[PageView]) -> set[int]:
     """Write a batch of page views in one transaction, two statements a chunk (raw SQL both
     databases speak: building ORM rows cost more than the database's work); returns the
     known leads among the visitors."""
+    if Event._meta.db.engine_type == "postgres":
+        return await _write_page_views_postgres(views)
     leads: set[int] = set()
     async with Event._meta.db.transaction():
         for start in range(0, len(views), PAGE_VIEW_CHUNK):
             leads |= await _write_page_view_chunk(views[start:start + PAGE_VIEW_CHUNK])
     return leads
+
+
+async def _fetch_postgres(query: str, *args: Any) -> list[Any]:
+    """One statement straight through asyncpg, with `$n` placeholders: the statements on the
+    landing page's hot path are prepared once per connection and run in one round trip."""
+    engine = Lead._meta.db
+    if engine.pool is not None:
+        async with engine.pool.acquire() as connection:
+            return await connection.fetch(query, *args)
+    connection = await engine.get_new_connection()
+    try:
+        return await connection.fetch(query, *args)
+    finally:
+        await connection.close()
+
+
+# One prepared statement whatever the batch's size (arrays, not a VALUES list per size):
+# PostgreSQL plans it once, and asyncpg encodes arrays far faster than a long argument list.
+_PAGE_VIEWS_PG = """
+WITH v AS (
+  INSERT INTO visitor (cookie_id, lead, user_agent, first_seen_at, last_seen_at)
+  SELECT cookie, NULL, agent, first_at, last_at
+  FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[]) AS u(cookie, agent, first_at, last_at)
+  ON CONFLICT (cookie_id) DO UPDATE SET last_seen_at = EXCLUDED.last_seen_at
+  RETURNING id, cookie_id, lead),
+e AS (
+  INSERT INTO event (type, visitor, lead, topic, properties, occurred_at)
+  SELECT 'page_view', v.id, v.lead, x.topic, x.properties::json, x.at
+  FROM unnest($5::text[], $6::int[], $7::text[], $8::timestamptz[]) AS x(cookie, topic, properties, at)
+  JOIN v ON v.cookie_id = x.cookie)
+SELECT DISTINCT lead FROM v WHERE lead IS NOT NULL"""
+
+
+async def _write_page_views_postgres(views: list[PageView]) -> set[int]:
+    latest: dict[str, PageView] = {}
+    first_seen: dict[str, datetime] = {}
+    for view in views:
+        latest[view.cookie_id] = view
+        first_seen.setdefault(view.cookie_id, view.occurred_at)
+    cookies = list(latest)
+    args = [
+        cookies, [latest[c].user_agent[:500] for c in cookies], [first_seen[c] for c in cookies],
+        [latest[c].occurred_at for c in cookies],
+        [v.cookie_id for v in views], [v.topic_id for v in views],
+        [json.dumps({"page": v.page_slug} | v.properties) for v in views], [v.occurred_at for v in views],
+    ]
+    return {row["lead"] for row in await _fetch_postgres(_PAGE_VIEWS_PG, *args)}
 
 
 async def _write_page_view_chunk(views: list[PageView]) -> set[int]:
@@ -284,17 +333,7 @@ async def _capture_postgres(bundle: PageBundle, form: CaptureForm, cookie_id: st
         assert known is not None, "a capture without an email needs the returning visitor's lead"
         query = _CAPTURE_PG_KNOWN
     args += [known.id if known and not form.email else None, json.dumps({"token": download_token, "title": ebook.title})]
-    engine = Lead._meta.db
-    if engine.pool is not None:
-        async with engine.pool.acquire() as connection:
-            rows = await connection.fetch(query, *args)
-    else:
-        connection = await engine.get_new_connection()
-        try:
-            rows = await connection.fetch(query, *args)
-        finally:
-            await connection.close()
-    row = rows[0]
+    row = (await _fetch_postgres(query, *args))[0]
     due = None
     if row["enrollment"] is not None and row["due_at"] is not None:
         due = EnrollmentDue(row["enrollment"], row["position"], row["due_at"])
