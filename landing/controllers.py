@@ -125,7 +125,9 @@ def _visitor_cookie(request: Request, fresh: bool = False) -> tuple[str, dict[st
 
 
 def _touch(request: Request) -> dict[str, str]:
-    touch = {k: str(request.query_params.get(k))[:200] for k in TOUCH_KEYS[:-1] if request.query_params.get(k)}
+    """UTM parameters and the referrer of this request: where the visitor came from."""
+    query = request.query_params
+    touch = {k: str(query[k])[:200] for k in TOUCH_KEYS[:-1] if query.get(k)} if request.url.query else {}
     referrer = request.headers.get("referer")
     if referrer:
         touch["referrer"] = referrer[:500]
@@ -239,8 +241,10 @@ class LandingController(Controller):
         csrf_token = csrf_token if isinstance(csrf_token, str) else ""
         query = request.url.query
         action = f"/l/{bundle.page.slug}" + (f"?{query}" if query else "")
-        body = html_page.replace(_TOKEN_MARK, html.escape(csrf_token, quote=True), 1).replace(
-            _ACTION_MARK, html.escape(action, quote=True), 1)
+        # Escaped unless plainly safe (a hex token; a path of letters, digits, - and _).
+        plain_action = action.replace("/", "").replace("-", "").replace("_", "").isalnum()
+        body = html_page.replace(_TOKEN_MARK, csrf_token if csrf_token.isalnum() else html.escape(csrf_token), 1).replace(
+            _ACTION_MARK, action if plain_action else html.escape(action, quote=True), 1)
         return Response(body, media_type="text/html; charset=utf-8", headers=cookies)
 
     @post("/{slug:str}", status_code=HTTP_303_SEE_OTHER)
