@@ -9,13 +9,11 @@ from typing import TYPE_CHECKING
 
 from content.tables import (
     Chain,
-    ChainStatus,
     Delivery,
     DeliveryStatus,
     Enrollment,
     EnrollmentGroup,
     EnrollmentStatus,
-    Step,
 )
 
 

@@ -279,10 +279,6 @@ async def new_download_link(lead_id: int, ebook_id: int, now: datetime | None = 
     return sign("download", nonce)
 
 
-def download_url(token: str) -> str:
-    return f"{get_settings().public_url}/d/{token}"
-
-
 @dataclass(frozen=True)
 class Download:
     """A counted download: what to send, and the lead to rescore."""

@@ -155,12 +155,19 @@ e AS (
 SELECT DISTINCT lead FROM v WHERE lead IS NOT NULL"""
 
 
-async def _write_page_views_postgres(views: list[PageView]) -> set[int]:
+def _per_visitor(views: list[PageView]) -> tuple[dict[str, PageView], dict[str, datetime]]:
+    """Each cookie's latest view and first time in the batch: one visitor row per cookie
+    (PostgreSQL refuses to update a row twice in one statement)."""
     latest: dict[str, PageView] = {}
     first_seen: dict[str, datetime] = {}
     for view in views:
         latest[view.cookie_id] = view
         first_seen.setdefault(view.cookie_id, view.occurred_at)
+    return latest, first_seen
+
+
+async def _write_page_views_postgres(views: list[PageView]) -> set[int]:
+    latest, first_seen = _per_visitor(views)
     cookies = list(latest)
     args = [
         cookies, [latest[c].user_agent[:500] for c in cookies], [first_seen[c] for c in cookies],
@@ -172,12 +179,7 @@ async def _write_page_views_postgres(views: list[PageView]) -> set[int]:
 
 
 async def _write_page_view_chunk(views: list[PageView]) -> set[int]:
-    latest: dict[str, PageView] = {}
-    first_seen: dict[str, datetime] = {}
-    for view in views:
-        latest[view.cookie_id] = view
-        first_seen.setdefault(view.cookie_id, view.occurred_at)
-    # One row per cookie in the upsert: PostgreSQL refuses to update a row twice in one statement.
+    latest, first_seen = _per_visitor(views)
     args: list[Any] = []
     for cookie, view in latest.items():
         args += [cookie, view.user_agent[:500], first_seen[cookie], view.occurred_at]
