@@ -174,6 +174,9 @@ async def rendered_ebook(ebook_id: int) -> Path:
     topic = await Topic.select(Topic.name).where(Topic.id == ebook.topic).first()
     digest = content_hash(ebook, topic["name"] if topic else "")
     path = rendered_dir() / f"{digest}.pdf"
+    if ebook.content_hash == digest and ebook.render_error and not path.is_file():
+        # This very text failed before: it fails again until someone edits it.
+        raise EbookUnavailable(f"the ebook could not be rendered: {ebook.render_error}")
     if path.is_file():
         if ebook.content_hash != digest:
             await Ebook.update({Ebook.content_hash: digest, Ebook.rendered_path: str(path), Ebook.render_error: ""}).where(
@@ -184,7 +187,7 @@ async def rendered_ebook(ebook_id: int) -> Path:
         pdf = await asyncio.to_thread(render_pdf, book_html(ebook, topic["name"] if topic else ""))
     except Exception as exc:  # noqa: BLE001 - any rendering failure is shown to the content team
         reason = f"{type(exc).__name__}: {exc}"[:2000]
-        await Ebook.update({Ebook.render_error: reason}).where(Ebook.id == ebook.id)
+        await Ebook.update({Ebook.render_error: reason, Ebook.content_hash: digest}).where(Ebook.id == ebook.id)
         log.error("ebook %s did not render: %s", ebook.id, reason)
         raise EbookUnavailable(f"the ebook could not be rendered: {reason}") from None
     await asyncio.to_thread(_write_atomically, path, pdf)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from html import escape
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import aiosmtplib
 
-from content.letters import RenderedLetter, markdown_to_html
+from content.letters import RenderedLetter
 from content.mail import DeliveryUncertain, Envelope, Relay, SmtpReplyError, address_of, build_message
 from content.tables import Notice, NoticeKind, NoticeStatus, Suppression, SuppressionReason
 from landing.tables import Lead
@@ -43,11 +44,13 @@ def notice_job_id(notice_id: int, attempt: int = 0) -> str:
 
 
 def _letter(subject: str, lines: list[str], link_text: str, link: str) -> RenderedLetter:
-    """A plain transactional letter: a few paragraphs and one link, as text and HTML."""
-    text = "\n\n".join(lines + [f"{link_text}: {link}"]) + "\n"
-    html_lines = "".join(markdown_to_html(line) for line in lines)
-    from html import escape
+    """A plain transactional letter: a few paragraphs and one link, as text and HTML.
 
+    The lines hold what a visitor typed (a name, an ebook title), so they are escaped as
+    text, never read as Markdown: "[Verify](https://evil.example)" stays words, not a link.
+    """
+    text = "\n\n".join(lines + [f"{link_text}: {link}"]) + "\n"
+    html_lines = "".join(f"<p>{escape(line)}</p>" for line in lines)
     html = f'{html_lines}<p><a href="{escape(link, quote=True)}">{escape(link_text)}</a></p>'
     return RenderedLetter(subject=subject, text=text, html=html)
 

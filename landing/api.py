@@ -207,6 +207,10 @@ def check_event(event: EventIn, scope: str, now: datetime) -> None:
     for name, value in event.properties.items():
         if isinstance(value, str) and len(value) > 500:
             raise ApiProblem(f"Property {name!r} is longer than 500 characters.")
+    texts = [event.url, event.referrer, event.title, *event.properties, *(v for v in event.properties.values()
+                                                                           if isinstance(v, str))]
+    if any("\x00" in text for text in texts):
+        raise ApiProblem("Text may not contain NUL characters.")
 
 
 async def record_event(event: EventIn, api_key: ApiKey, user_agent: str) -> EventAccepted:

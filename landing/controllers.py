@@ -127,11 +127,16 @@ def _visitor_cookie(request: Request, fresh: bool = False) -> tuple[str, dict[st
 def _touch(request: Request) -> dict[str, str]:
     """UTM parameters and the referrer of this request: where the visitor came from."""
     query = request.query_params
-    touch = {k: str(query[k])[:200] for k in TOUCH_KEYS[:-1] if query.get(k)} if request.url.query else {}
+    touch = {k: _printable(str(query[k]))[:200] for k in TOUCH_KEYS[:-1] if query.get(k)} if request.url.query else {}
     referrer = request.headers.get("referer")
     if referrer:
-        touch["referrer"] = referrer[:500]
-    return touch
+        touch["referrer"] = _printable(referrer)[:500]
+    return {k: v for k, v in touch.items() if v}
+
+
+def _printable(value: str) -> str:
+    """Control characters dropped (a NUL in a UTM value broke PostgreSQL's JSON operators)."""
+    return value if value.isprintable() else "".join(ch for ch in value if ch.isprintable())
 
 
 def mask_email(email: str) -> str:
@@ -264,8 +269,9 @@ class LandingController(Controller):
         settings = get_settings()
         ip = client_ip(request)
         checks = [(limit_key("capture-ip", ip), settings.capture_limit_ip)]
-        if form.email:
-            checks.append((limit_key("capture-email", form.email), settings.capture_limit_email))
+        if form.email or known is not None:
+            # A returning browser counts against its lead's address too: each capture mails it.
+            checks.append((limit_key("capture-email", form.email or known.email), settings.capture_limit_email))
         verdict = await hit(arq, checks)
         values = {k: v[:300] for k, v in data.items() if k != "_csrf_token"} | {"consent": form.consent}
         if not verdict.allowed:
@@ -286,8 +292,11 @@ class LandingController(Controller):
         result = await capture(bundle, form, cookie_id, ip, request.headers.get("user-agent", ""), _touch(request),
                                known=known)
         await enqueue_after_commit(arq, result.lead_id, result.due, result.notice_id)
+        # A browser recognised by its cookie gets the ebook by letter only: whoever sits at a
+        # shared computer must not download a copy stamped with someone else's address.
+        mailed = not form.email
         token = sign("thanks", {"l": result.lead_id, "p": bundle.page.id, "c": result.confirm_needed,
-                                "d": result.download_token})
+                                "d": None if mailed else result.download_token, "m": mailed})
         # Redirect after POST: a reload shows the thank-you page instead of posting again.
         return Redirect(f"/l/{slug}/thanks?{urlencode({'t': token})}", status_code=HTTP_303_SEE_OTHER, headers=cookies)
 
@@ -309,6 +318,7 @@ class LandingController(Controller):
             email = mask_email(lead["email"]) if lead and lead["email"] else ""
         return Template(template_name="landing/thanks.html", context={
             "ebook": bundle.ebook, "topic": bundle.topic, "email": email, "confirm": state.get("c", True),
+            "mailed": state.get("m", False),
             "page_slug": bundle.page.slug,
             "download": f"/d/{state['d']}" if state.get("d") else "",
         })

@@ -92,9 +92,11 @@ async def erase_lead(lead_id: int, detail: str = "erased on request") -> bool:
         if lead is None or lead["erased_at"] is not None:
             return False
         if lead["email"]:
+            # Erased outranks an earlier unsubscribe or bounce: it also keeps imports out.
             await Suppression.insert(
                 Suppression(email_hash=email_hash(lead["email"]), reason=SuppressionReason.erased, detail=detail[:500])
-            ).on_conflict(action="DO NOTHING")
+            ).on_conflict(target=Suppression.email_hash, action="DO UPDATE",
+                          values=[Suppression.reason, Suppression.detail])
         await Lead.update({
             Lead.email: None, Lead.external_id: None, Lead.first_name: "", Lead.last_name: "", Lead.company: "",
             Lead.role: "", Lead.timezone: "", Lead.first_touch: {}, Lead.last_touch: {}, Lead.attributes: {},
@@ -109,11 +111,13 @@ async def erase_lead(lead_id: int, detail: str = "erased on request") -> bool:
             {Enrollment.status: EnrollmentStatus.exited, Enrollment.exit_reason: "erased", Enrollment.due_at: None}
         ).where((Enrollment.lead == lead_id) & (Enrollment.status == EnrollmentStatus.active))
         if enrollment_ids:
-            await Delivery.update({Delivery.to_address: "", Delivery.subject: ""}).where(
+            # SMTP replies often quote the address ("550 <ann@…>: no such user").
+            await Delivery.update({Delivery.to_address: "", Delivery.subject: "", Delivery.smtp_reply: ""}).where(
                 Delivery.enrollment.is_in(enrollment_ids))
         await Notice.update({Notice.status: NoticeStatus.skipped}).where(
             (Notice.lead == lead_id) & Notice.status.is_in([NoticeStatus.pending, NoticeStatus.failed]))
-        await Notice.update({Notice.to_address: "", Notice.subject: "", Notice.payload: {}}).where(Notice.lead == lead_id)
+        await Notice.update({Notice.to_address: "", Notice.subject: "", Notice.payload: {}, Notice.smtp_reply: ""}).where(
+            Notice.lead == lead_id)
         await DownloadLink.delete().where(DownloadLink.lead == lead_id)
         await TopicPreference.delete().where(TopicPreference.lead == lead_id)
         await Score.delete().where(Score.lead == lead_id)

@@ -216,21 +216,22 @@ async def _first_touch(visitor_id: int, fallback: dict[str, str]) -> dict[str, s
     properties = first["properties"]
     if isinstance(properties, str):
         properties = json.loads(properties)
-    return {k: str(v) for k, v in properties.items() if k in TOUCH_KEYS} or fallback
+    return {k: str(v) for k, v in properties.items() if k in TOUCH_KEYS and v not in (None, "")} or fallback
 
 
 _UPSERT_VISITOR = (
     "INSERT INTO visitor (cookie_id, lead, user_agent, first_seen_at, last_seen_at) VALUES ({}, NULL, {}, {}, {}) "
     "ON CONFLICT (cookie_id) DO UPDATE SET last_seen_at = excluded.last_seen_at RETURNING id, lead, first_seen_at"
 )
-# One statement makes or finds the lead: a new address inserts it, a known one keeps what it
-# had unless this form gave a value, and takes this visit as its last touch.
+# One statement makes or finds the lead: a new address inserts it; a known one only gains the
+# fields it had left empty (anyone can type someone else's address: they must not rename
+# that lead) and takes this visit as its last touch.
 _UPSERT_LEAD = (
     "INSERT INTO lead (email, external_id, first_name, last_name, company, role, timezone, source, first_touch, "
     "last_touch, attributes, stage, owner, topic, outcome_at, historical, confirmed, erased_at, created_at, updated_at) "
     "VALUES ({}, NULL, {}, {}, {}, {}, '', {}, {}, {}, {}, 'new', NULL, {}, NULL, FALSE, FALSE, NULL, {}, {}) "
     "ON CONFLICT (email) DO UPDATE SET "
-    + ", ".join(f"{f} = CASE WHEN excluded.{f} <> '' THEN excluded.{f} ELSE lead.{f} END"
+    + ", ".join(f"{f} = CASE WHEN lead.{f} = '' THEN excluded.{f} ELSE lead.{f} END"
                 for f in ("first_name", "last_name", "company", "role"))
     + ", last_touch = excluded.last_touch, updated_at = excluded.updated_at RETURNING id, confirmed, created_at"
 )
@@ -247,7 +248,7 @@ _FIELDS = ("first_name", "last_name", "company", "role")
 _LEAD_UPSERT_PG = f"""
   INSERT INTO lead (email, external_id, first_name, last_name, company, role, timezone, source, first_touch, last_touch,
                     attributes, stage, owner, topic, outcome_at, historical, confirmed, erased_at, created_at, updated_at)
-  SELECT $4, NULL, $5, $6, $7, $8, '', LEFT(COALESCE(ft.touch->>'utm_source', 'landing'), 100), ft.touch, $9::json, '{{}}'::json,
+  SELECT $4, NULL, $5, $6, $7, $8, '', LEFT(COALESCE(NULLIF(ft.touch->>'utm_source', ''), 'landing'), 100), ft.touch, $9::json, '{{}}'::json,
          'new', NULL, $10, NULL, FALSE, FALSE, NULL, $3, $3
   FROM (SELECT COALESCE(
           (SELECT json_object_agg(key, value) FROM json_each((
@@ -257,7 +258,7 @@ _LEAD_UPSERT_PG = f"""
           $9::json) AS touch) ft
   WHERE $22::int IS NULL
   ON CONFLICT (email) DO UPDATE SET
-    {", ".join(f"{f} = CASE WHEN EXCLUDED.{f} <> '' THEN EXCLUDED.{f} ELSE lead.{f} END" for f in _FIELDS)},
+    {", ".join(f"{f} = CASE WHEN lead.{f} = '' THEN EXCLUDED.{f} ELSE lead.{f} END" for f in _FIELDS)},
     last_touch = EXCLUDED.last_touch, updated_at = EXCLUDED.updated_at
   RETURNING id, confirmed, created_at"""
 _LEAD_KNOWN_PG = f"""
@@ -436,10 +437,13 @@ async def confirm(lead_id: int, page_id: int) -> Confirmation | None:
         if lead is None or page is None or not lead["email"] or lead["erased_at"] is not None:
             return None
         ebook = await Ebook.objects().get(Ebook.id == page.ebook)
-        already = lead["confirmed"]
+        # Conditional: of two confirmations at once (a double click), one confirms.
+        confirmed_now = await Lead.update({Lead.confirmed: True}).where(
+            (Lead.id == lead_id) & (Lead.confirmed == False)  # noqa: E712
+        ).returning(Lead.id)
+        already = not confirmed_now
         due = None
         if not already:
-            await Lead.update({Lead.confirmed: True}).where(Lead.id == lead_id)
             await Event.insert(Event(type="confirmed", lead=lead_id, topic=ebook.topic,
                                      properties={"page": page.slug}, occurred_at=now))
             # The person confirmed their own address: an earlier unsubscribe or erasure no

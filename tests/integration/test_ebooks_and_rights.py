@@ -267,3 +267,28 @@ async def test_erasure_removes_personal_data_keeps_counts_and_blocks_reimport(cl
     report = await import_leads(ImportOptions(path=csv, outcome="Status", positive="won", email_column="Email"))
     assert report.created == 1 and any("erased on request" in s for s in report.skipped)
     assert not await Lead.exists().where(Lead.email == "ada@example.com")
+
+
+async def test_a_name_written_as_markdown_stays_words_in_the_letter(client, catalog, sink) -> None:
+    await capture(client, "seo", "quinn@example.com", first_name="[Verify](https://evil.example/login)")
+    await run_worker_burst(sink.url, sweep_first=True)
+    [letter] = sink.notices()
+    html = letter.get_body(("html",)).get_content()
+    assert "evil.example" in html and 'href="https://evil.example' not in html
+
+
+async def test_erasure_after_an_unsubscribe_still_keeps_the_address_out_of_imports(client, catalog, tmp_path) -> None:
+    from landing.rights import erase_lead
+    from scoring.importer import ImportOptions
+    from scoring.service import import_leads
+
+    await capture(client, "seo", "una@example.com")
+    lead = await Lead.objects().get(Lead.email == "una@example.com")
+    await Suppression.insert(Suppression(email_hash=email_hash("una@example.com"), reason=SuppressionReason.unsubscribe))
+    assert await erase_lead(lead.id)
+    suppression = await Suppression.objects().get(Suppression.email_hash == email_hash("una@example.com"))
+    assert suppression.reason == "erased"
+    csv = tmp_path / "crm.csv"
+    csv.write_text("Email,Status\nuna@example.com,won\n")
+    report = await import_leads(ImportOptions(path=csv, outcome="Status", positive="won", email_column="Email"))
+    assert report.created == 0 and not await Lead.exists().where(Lead.email == "una@example.com")

@@ -246,3 +246,37 @@ async def test_enrollment_groups_and_variants_are_the_stable_buckets(client, cat
         assert e["variant"] == ("A" if bucket("variant", e["chain"], e["lead"]) < 50 else "B")
         assert (e["due_at"] is None) == (e["group"] == "control"), "the control group gets no letters"
     assert {e["group"] for e in enrollments} == {"control", "treatment"}
+
+
+async def test_someone_typing_a_known_address_cannot_rename_that_lead(client, catalog) -> None:
+    await post_form(client, "seo", email="ora@example.com", first_name="Ora", consent="on")
+    client.cookies.clear()
+    await post_form(client, "seo", email="ora@example.com", first_name="Mallory", company="Evil", consent="on")
+    lead = await Lead.objects().get(Lead.email == "ora@example.com")
+    assert lead.first_name == "Ora", "a filled field is kept"
+    assert lead.company == "Evil", "an empty one may be filled"
+
+
+async def test_a_nul_in_a_utm_value_is_dropped_not_a_500(client, catalog) -> None:
+    response = await post_form(client, "seo", query="?utm_source=%00news%00&utm_medium=%00",
+                               email="nul@example.com", consent="on")
+    assert response.status_code == 303
+    lead = await Lead.objects().output(load_json=True).get(Lead.email == "nul@example.com")
+    assert lead.source == "news" and lead.last_touch == {"utm_source": "news"}
+
+
+async def test_a_returning_browser_gets_the_ebook_by_letter_and_counts_against_the_address(client, catalog) -> None:
+    from server.settings import get_settings
+
+    await post_form(client, "seo", email="pat@example.com", consent="on")
+    statuses = []
+    for _ in range(get_settings().capture_limit_email.count):
+        page = await client.get("/l/paid-ads")
+        token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text).group(1)
+        response = await client.post("/l/paid-ads", data={"_csrf_token": token, "consent": "on"})
+        statuses.append(response.status_code)
+        if response.status_code == 303:
+            thanks = await client.get(response.headers["location"])
+            assert "We sent the download link" in thanks.text and "/d/" not in thanks.text
+    limit = get_settings().capture_limit_email.count
+    assert statuses == [303] * (limit - 1) + [429], "the first capture by address counts too"
