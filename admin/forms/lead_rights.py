@@ -45,7 +45,7 @@ async def erase(request: Request, data: EraseLead) -> str:
     return f"Lead {lead_id} erased: personal data removed, the address suppressed by its hash."
 
 
-EXPORT_FORM = FormConfig(name="Export a lead's data", pydantic_model=LeadByEmail, endpoint=export,
+EXPORT_FORM = FormConfig(name="Export lead data", pydantic_model=LeadByEmail, endpoint=export,
                          description="Everything held about a lead, as JSON.", form_group="Sales")
 ERASE_FORM = FormConfig(name="Erase a lead", pydantic_model=EraseLead, endpoint=erase,
                         description="Removes the lead's personal data; counts are kept and the address is never mailed or imported again.",

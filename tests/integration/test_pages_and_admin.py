@@ -201,3 +201,49 @@ async def test_a_stage_set_in_the_admin_records_when_the_outcome_came(client, ca
     assert response.status_code == 200, response.text
     lead = await Lead.objects().get(Lead.id == lead.id)
     assert lead.stage == "won" and lead.outcome_at is not None, "training reads the lead as of this moment"
+
+
+async def _admin_login(client) -> dict[str, str]:
+    from piccolo.apps.user.tables import BaseUser
+
+    await BaseUser.create_user(username="ops", password="correct-horse-9", email="ops@example.com", active=True, admin=True)
+    await client.get("/admin/")
+    login = await client.post("/admin/public/login/", json={"username": "ops", "password": "correct-horse-9"},
+                              headers={"X-CSRFToken": client.cookies.get("csrftoken")})
+    assert login.status_code in (200, 303), login.text
+    return {"X-CSRFToken": client.cookies.get("csrftoken")}
+
+
+async def test_admin_makes_an_api_key_once_and_keeps_only_its_hash(client, catalog) -> None:
+    from landing.api import hash_key
+    from landing.tables import ApiKey
+
+    headers = await _admin_login(client)
+    response = await client.post("/admin/api/forms/create-api-key/", headers=headers,
+                                 json={"name": "www snippet", "scope": "browser", "allowed_origins": "https://www.example.com"})
+    assert response.status_code == 200, response.text
+    key = re.search(r"(lkb_[A-Za-z0-9_-]+)", response.text).group(1)
+    row = await ApiKey.objects().get(ApiKey.name == "www snippet")
+    assert row.key_hash == hash_key(key) and key not in str(await ApiKey.select())
+    accepted = await client.post("/api/events", json={"type": "page_view", "visitor_id": "v" * 20},
+                                 headers={"authorization": f"Bearer {key}", "origin": "https://www.example.com"})
+    assert accepted.status_code == 202
+    made_by_hand = await client.post("/admin/api/tables/api_key/", headers=headers,
+                                     json={"name": "x", "prefix": "x", "key_hash": "0" * 64})
+    assert made_by_hand.status_code == 405
+
+
+async def test_admin_erases_a_lead_only_when_confirmed(client, catalog) -> None:
+    token = await landing_form(client, "seo")
+    await client.post("/l/seo", data={"_csrf_token": token, "email": "eli@example.com", "consent": "on"})
+    lead = await Lead.objects().get(Lead.email == "eli@example.com")
+    headers = await _admin_login(client)
+    refused = await client.post("/admin/api/forms/erase-a-lead/", headers=headers, json={"email": "eli@example.com"})
+    assert refused.status_code >= 400 and "confirm" in refused.text
+    assert await Lead.exists().where(Lead.email == "eli@example.com")
+    exported = await client.post("/admin/api/forms/export-lead-data/", headers=headers, json={"email": "eli@example.com"})
+    assert exported.status_code == 200 and "eli@example.com" in exported.text
+    erased = await client.post("/admin/api/forms/erase-a-lead/", headers=headers,
+                               json={"email": "eli@example.com", "confirm": True})
+    assert erased.status_code == 200, erased.text
+    assert (await Lead.objects().get(Lead.id == lead.id)).email is None
