@@ -86,15 +86,6 @@ async def page_by_slug(slug: str) -> PageBundle | None:
     return bundle
 
 
-async def _visitor(cookie_id: str, user_agent: str, now: datetime) -> int:
-    rows = (
-        await Visitor.insert(Visitor(cookie_id=cookie_id, user_agent=user_agent[:500], first_seen_at=now, last_seen_at=now))
-        .on_conflict(target=Visitor.cookie_id, action="DO UPDATE", values=[(Visitor.last_seen_at, now)])
-        .returning(Visitor.id)
-    )
-    return rows[0]["id"]
-
-
 async def known_lead(cookie_id: str) -> KnownLead | None:
     """The lead a visitor cookie belongs to, if it gave its email before (and was not erased)."""
     row = await Visitor.select(
