@@ -211,6 +211,16 @@ def _message(title: str, text: str, status_code: int = HTTP_200_OK, headers: dic
                     status_code=status_code, headers=headers)
 
 
+def _bad_link(exc: TokenError, advice: str = "", title: str = "This link cannot be used") -> Template:
+    """A tampered, foreign or expired token: say which, and what to do instead."""
+    text = f"The link {str(exc).removeprefix('this link ')}." + (f" {advice}" if advice else "")
+    return _message(title, text, HTTP_400_BAD_REQUEST)
+
+
+def _erased() -> Template:
+    return _message("Nothing is kept here", "The data behind this link has been erased.", HTTP_410_GONE)
+
+
 def _not_found() -> Template:
     return Template(template_name="landing/not_found.html", status_code=HTTP_404_NOT_FOUND)
 
@@ -384,8 +394,8 @@ class ConfirmController(Controller):
         try:
             unsign("confirm", token, max_age_seconds=CONFIRM_LIFETIME)
         except TokenError as exc:
-            return _message("This confirmation link cannot be used", f"The link {str(exc).removeprefix('this link ')}. "
-                            "Fill in the form again and we will send a new one.", HTTP_400_BAD_REQUEST)
+            return _bad_link(exc, "Fill in the form again and we will send a new one.",
+                             "This confirmation link cannot be used")
         return _message("One click to confirm", "Confirm that this address is yours, and the ebook is yours.",
                         button="Confirm and get the ebook", action=f"/c/{token}")
 
@@ -395,8 +405,8 @@ class ConfirmController(Controller):
         try:
             state = unsign("confirm", token, max_age_seconds=CONFIRM_LIFETIME)
         except TokenError as exc:
-            return _message("This confirmation link cannot be used", f"The link {str(exc).removeprefix('this link ')}. "
-                            "Fill in the form again and we will send a new one.", HTTP_400_BAD_REQUEST)
+            return _bad_link(exc, "Fill in the form again and we will send a new one.",
+                             "This confirmation link cannot be used")
         result = await confirm(int(state["l"]), int(state["p"]))
         if result is None:
             return _message("This confirmation link cannot be used", "The request it belongs to no longer exists.",
@@ -422,10 +432,10 @@ class PreferencesController(Controller):
         try:
             lead_id = _preference_lead(token)
         except TokenError as exc:
-            return _message("This link cannot be used", str(exc).capitalize() + ".", HTTP_400_BAD_REQUEST)
+            return _bad_link(exc)
         lead = await Lead.select(Lead.email, Lead.erased_at).where(Lead.id == lead_id).first()
         if lead is None or lead["erased_at"] is not None or not lead["email"]:
-            return _message("Nothing is kept here", "The data behind this link has been erased.", HTTP_410_GONE)
+            return _erased()
         return Template(template_name="landing/preferences.html", context={
             "token": token, "email": lead["email"], "topics": await topic_choices(lead_id),
             "unsubscribed": await is_suppressed(lead["email"]), "saved": saved,
@@ -437,10 +447,10 @@ class PreferencesController(Controller):
         try:
             lead_id = _preference_lead(token)
         except TokenError as exc:
-            return _message("This link cannot be used", str(exc).capitalize() + ".", HTTP_400_BAD_REQUEST)
+            return _bad_link(exc)
         lead = await Lead.select(Lead.email, Lead.erased_at).where(Lead.id == lead_id).first()
         if lead is None or lead["erased_at"] is not None or not lead["email"]:
-            return _message("Nothing is kept here", "The data behind this link has been erased.", HTTP_410_GONE)
+            return _erased()
         data = await _form(request)
         action = data.get("action", "save")
         if action == "save":
@@ -484,11 +494,10 @@ class RightsController(Controller):
         try:
             lead_id, action = _rights_state(token)
         except TokenError as exc:
-            return _message("This link cannot be used", f"The link {str(exc).removeprefix('this link ')}. "
-                            "Ask again from the preference page.", HTTP_400_BAD_REQUEST)
+            return _bad_link(exc, "Ask again from the preference page.")
         lead = await Lead.select(Lead.erased_at).where(Lead.id == lead_id).first()
         if lead is None or lead["erased_at"] is not None:
-            return _message("Nothing is kept here", "The data behind this link has been erased.", HTTP_410_GONE)
+            return _erased()
         if action == "erase":
             return _message("Erase your data?", "Your name, address and history will be removed and cannot be "
                             "brought back. We keep only a fingerprint of the address so we never write to it again.",
@@ -502,8 +511,7 @@ class RightsController(Controller):
         try:
             lead_id, action = _rights_state(token)
         except TokenError as exc:
-            return _message("This link cannot be used", f"The link {str(exc).removeprefix('this link ')}. "
-                            "Ask again from the preference page.", HTTP_400_BAD_REQUEST)
+            return _bad_link(exc, "Ask again from the preference page.")
         if action == "erase":
             erased = await erase_lead(lead_id)
             if not erased:
@@ -511,7 +519,7 @@ class RightsController(Controller):
             return _message("Your data is erased", "We will not write to you again.")
         data = await export_lead(lead_id)
         if data is None or data["lead"]["erased_at"] is not None:
-            return _message("Nothing is kept here", "The data behind this link has been erased.", HTTP_410_GONE)
+            return _erased()
         return Response(
             json.dumps(data, indent=2, ensure_ascii=False).encode(), media_type="application/json",
             headers={"Content-Disposition": 'attachment; filename="my-data.json"', "Cache-Control": "no-store"},
