@@ -35,7 +35,11 @@ from server.settings import get_settings
 
 log = logging.getLogger("leadkiln.delivery")
 
-STUCK_AFTER = timedelta(minutes=10)
+
+
+def stuck_after() -> timedelta:
+    """How long a letter may stay in flight before its worker counts as dead (SEND_STUCK_AFTER)."""
+    return timedelta(seconds=get_settings().send_stuck_after)
 
 
 class Outcome(str, enum.Enum):
@@ -342,7 +346,7 @@ async def report_stuck_deliveries(now: datetime | None = None) -> int:
     """Settle rows whose worker died: `sending` becomes `unknown` (reported, never resent
     blindly); `claimed` becomes `failed` (never handed to the relay, so safe to retry)."""
     now = now or utcnow()
-    stale = Delivery.reserved_at < now - STUCK_AFTER
+    stale = Delivery.reserved_at < now - stuck_after()
     unknown = (
         await Delivery.update({Delivery.status: DeliveryStatus.unknown, Delivery.smtp_reply: "worker died during SMTP"})
         .where((Delivery.status == DeliveryStatus.sending) & stale)

@@ -23,7 +23,6 @@ log = logging.getLogger("leadkiln.notices")
 MAX_ATTEMPTS = 6
 CONFIRM_LIFETIME = timedelta(days=3)
 RIGHTS_LIFETIME = timedelta(hours=1)
-STUCK_AFTER = timedelta(minutes=10)
 
 
 async def queue_notice(lead_id: int, kind: NoticeKind, dedupe_key: str, payload: dict[str, Any],
@@ -189,7 +188,7 @@ async def due_notices(now: datetime | None = None, limit: int = 1000) -> list[tu
     and failed ones whose backoff has passed. Also reports notices whose worker died."""
     now = now or datetime.now(timezone.utc)
     stuck = await Notice.update({Notice.status: NoticeStatus.unknown, Notice.smtp_reply: "worker died during SMTP"}).where(
-        (Notice.status == NoticeStatus.sending) & (Notice.next_attempt_at < now - STUCK_AFTER)
+        (Notice.status == NoticeStatus.sending) & (Notice.next_attempt_at < now - timedelta(seconds=get_settings().send_stuck_after))
     ).returning(Notice.id)
     for row in stuck:
         log.warning("notice %s was being sent when its worker died; marked unknown, not resent", row["id"])

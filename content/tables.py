@@ -36,6 +36,7 @@ class Ebook(Table):
     rendered_path = Varchar(length=500, null=True, default=None)
     render_error = Text(default="", help_text="Why the last rendering failed (empty when it worked).")
     rendered_at = Timestamptz(null=True, default=None)
+    leads_waiting = Integer(default=0, help_text="Leads that asked for this ebook while its topic had no active chain.")
     created_at = Timestamptz(default=TimestamptzNow())
     updated_at = Timestamptz(default=TimestamptzNow(), auto_update=TimestamptzNow().python)
 
@@ -89,6 +90,10 @@ class Chain(Table):
     send_window_end = Integer(default=24, help_text="Hour (1-24) after which letters wait for the next day.")
     send_weekdays = Varchar(length=20, default="0123456", help_text="Weekdays letters may leave: 0=Monday … 6=Sunday.")
     holdout_percent = Integer(default=0, help_text="Share of enrolled leads kept as a control group that gets no letters.")
+    is_fallback = Boolean(default=False, help_text="Takes the leads of every topic that has no active chain of its own.")
+    enroll_when_hot = Boolean(default=False, help_text="A lead that turns hot on this chain's topic joins it, whatever ebook it came from.")
+    exit_stage = Varchar(length=20, default="qualified", help_text="A lead leaves the chain when sales move it to this stage or beyond (empty: never).")
+    check_error = Text(default="", help_text="Why the chain cannot be activated (a template error, a missing offer); empty when it can.")
     created_at = Timestamptz(default=TimestamptzNow())
 
     @classmethod
@@ -110,6 +115,8 @@ class Step(Table):
     delay_minutes = Integer(default=0, help_text="Wait after the previous letter (or after enrollment for the first).")
     subject = Varchar(length=300, default="")
     body_markdown = Text(default="")
+    subject_b = Varchar(length=300, default="", help_text="Variant B's subject for an A/B test (empty: the same as A).")
+    body_markdown_b = Text(default="", help_text="Variant B's body for an A/B test (empty: the same as A).")
 
     @classmethod
     def get_readable(cls):
@@ -153,7 +160,16 @@ class Enrollment(Table):
     next_position = Integer(default=1)
     due_at = Timestamptz(null=True, default=None, index=True)
     exit_reason = Varchar(length=40, default="")
+    reason = Varchar(length=20, default="", help_text="Why the lead joined: download, waiting, fallback or hot.")
     enrolled_at = Timestamptz(default=TimestamptzNow())
+
+
+class ChainWait(Table):
+    """A lead that asked for a topic's ebook while no chain took it: enrolled when one does."""
+
+    lead = ForeignKey(references=Lead, on_delete=OnDelete.cascade, index=True)
+    topic = ForeignKey(references=Topic, on_delete=OnDelete.cascade, index=True)
+    since = Timestamptz(default=TimestamptzNow())
 
 
 class DeliveryStatus(str, Enum):
@@ -175,6 +191,9 @@ class Delivery(Table):
 
     enrollment = ForeignKey(references=Enrollment, on_delete=OnDelete.cascade)
     step = ForeignKey(references=Step, on_delete=OnDelete.cascade, index=True)
+    lead = ForeignKey(references=Lead, null=True, default=None, on_delete=OnDelete.cascade, index=True)
+    variant = Varchar(length=1, default="", help_text="A or B when the step has a variant B.")
+    links = JSON(default=[], help_text="The links in the letter, in order: a click redirects only to one of these.")
     # Every insert names its status; the column default stays as first migrated because
     # SQLite cannot alter a column's default in place.
     status = Varchar(length=12, choices=DeliveryStatus, default=DeliveryStatus.sending, index=True)

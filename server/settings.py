@@ -111,6 +111,23 @@ class Settings:
     """TRUSTED_PROXIES: addresses of reverse proxies whose X-Forwarded-For names the visitor."""
     page_view_flush_ms: int = 200
     """PAGE_VIEW_FLUSH_MS: page views are written in batches this often; 0 writes each at once."""
+    send_rate: "RateLimit | None" = None
+    """SEND_RATE: letters the relay takes, `COUNT/SECONDS`, shared by every worker process
+    (a sliding window in Redis: never more than COUNT in any SECONDS). Unset: no limit."""
+    smtp_connections: int = 4
+    """SMTP_CONNECTIONS: reused connections to the relay per worker process (letters in flight)."""
+    frequency_cap: "RateLimit | None" = None
+    """FREQUENCY_CAP: chain letters one lead may get, `COUNT/SECONDS` across all chains (e.g.
+    1/86400); a letter over the cap waits, it is never dropped. Unset: no cap."""
+    send_stuck_after: int = 600
+    """SEND_STUCK_AFTER: seconds after which a letter still marked in flight belongs to a dead
+    worker (`sending` becomes `unknown`, `claimed` is retried)."""
+    dkim_domain: str = ""
+    """DKIM_DOMAIN: sign letters for this domain (with DKIM_SELECTOR and DKIM_KEY_FILE)."""
+    dkim_selector: str = ""
+    """DKIM_SELECTOR: the DNS selector whose TXT record holds the public key."""
+    dkim_key_file: str = ""
+    """DKIM_KEY_FILE: the PEM private key that signs."""
 
     def __post_init__(self) -> None:
         defaults = {"capture_limit_ip": RateLimit(20, 60), "capture_limit_email": RateLimit(5, 3600),
@@ -294,9 +311,24 @@ def read_settings() -> Settings:
     limits = {
         name: RateLimit.parse(variable, os.environ[variable])
         for name, variable in (("capture_limit_ip", "CAPTURE_LIMIT_IP"), ("capture_limit_email", "CAPTURE_LIMIT_EMAIL"),
-                               ("api_limit_key", "API_LIMIT_KEY"))
+                               ("api_limit_key", "API_LIMIT_KEY"), ("send_rate", "SEND_RATE"),
+                               ("frequency_cap", "FREQUENCY_CAP"))
         if os.environ.get(variable)
     }
+    numbers = {}
+    for name, variable, default, least in (("smtp_connections", "SMTP_CONNECTIONS", "4", 1),
+                                           ("send_stuck_after", "SEND_STUCK_AFTER", "600", 1)):
+        value = os.environ.get(variable) or default
+        if not value.isdigit() or int(value) < least:
+            raise ConfigError(variable, f"{value!r} is not a whole number of at least {least}")
+        numbers[name] = int(value)
+    dkim = {name: os.environ.get(variable, "").strip()
+            for name, variable in (("dkim_domain", "DKIM_DOMAIN"), ("dkim_selector", "DKIM_SELECTOR"),
+                                   ("dkim_key_file", "DKIM_KEY_FILE"))}
+    if any(dkim.values()) and not all(dkim.values()):
+        raise ConfigError("DKIM_KEY_FILE", "DKIM signing needs DKIM_DOMAIN, DKIM_SELECTOR and DKIM_KEY_FILE together")
+    if dkim["dkim_key_file"] and not Path(dkim["dkim_key_file"]).expanduser().is_file():
+        raise ConfigError("DKIM_KEY_FILE", f"{dkim['dkim_key_file']!r} is not a readable file")
     return Settings(
         data_dir=data_dir,
         database_url=database_url,
@@ -311,6 +343,8 @@ def read_settings() -> Settings:
         trusted_proxies=frozenset(p.strip() for p in os.environ.get("TRUSTED_PROXIES", "").split(",") if p.strip()),
         page_view_flush_ms=int(flush),
         **limits,
+        **numbers,
+        **dkim,
     )
 
 
