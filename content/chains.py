@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+from functools import lru_cache
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from content.tables import (
     Chain,
+    ChainStatus,
+    ChainWait,
     Delivery,
     DeliveryStatus,
     Enrollment,
     EnrollmentGroup,
     EnrollmentStatus,
 )
-
+from landing.tables import TopicPreference
 
 if TYPE_CHECKING:
     from arq.connections import ArqRedis
@@ -38,6 +43,41 @@ def assign_group(chain_id: int, lead_id: int, holdout_percent: int) -> Enrollmen
     return EnrollmentGroup.treatment
 
 
+@lru_cache(maxsize=512)
+def zone(name: str) -> ZoneInfo | None:
+    """The IANA time zone of that name, or None for a blank or unknown one."""
+    try:
+        return ZoneInfo(name.strip()) if name and name.strip() else None
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def next_send_time(now: datetime, zone_name: str, start_hour: int, end_hour: int, weekdays: str) -> datetime:
+    """The first moment at or after `now` when a letter may leave: between `start_hour` and
+    `end_hour` (local wall-clock hours, end exclusive, 24 = midnight) on one of `weekdays`
+    (0 = Monday), in the named zone (UTC when unknown). A window that is empty or inverted
+    counts as the whole day: a misconfigured chain sends rather than stalls for ever."""
+    tz = zone(zone_name) or timezone.utc
+    start, end = max(0, min(23, start_hour)), max(1, min(24, end_hour))
+    if end <= start:
+        start, end = 0, 24
+    days = {int(c) for c in weekdays if c.isdigit() and int(c) < 7} or set(range(7))
+    local = now.astimezone(tz)
+    for offset in range(8):
+        day: date = local.date() + timedelta(days=offset)
+        if day.weekday() not in days:
+            continue
+        opens = datetime(day.year, day.month, day.day, start, tzinfo=tz)
+        closes = datetime(day.year, day.month, day.day, tzinfo=tz) + timedelta(hours=end)
+        if end == 24:
+            following = day + timedelta(days=1)
+            closes = datetime(following.year, following.month, following.day, tzinfo=tz)
+        candidate = max(opens, local)
+        if candidate < closes:
+            return candidate.astimezone(timezone.utc)
+    return now  # unreachable: some weekday in the next eight days is allowed
+
+
 @dataclass(frozen=True)
 class EnrollmentDue:
     """An enrollment whose next letter should be queued at `due_at`."""
@@ -52,40 +92,69 @@ def send_job_id(due: EnrollmentDue) -> str:
     return f"send:{due.enrollment_id}:{due.position}"
 
 
+# The topic's own newest active chain that has started, else the newest fallback chain;
+# never for a lead that left the topic.
 _FIRST_STEP = """
-SELECT c.id AS chain, c.holdout_percent AS holdout, s.position AS position, s.delay_minutes AS delay
+SELECT c.id AS chain, c.holdout_percent AS holdout, s.position AS position, s.delay_minutes AS delay,
+       CASE WHEN c.topic = {topic} THEN 'download' ELSE 'fallback' END AS reason
 FROM chain c JOIN step s ON s.chain = c.id
-WHERE c.topic = {} AND c.status = 'active' AND (c.starts_at IS NULL OR c.starts_at <= {})
-  AND NOT EXISTS (SELECT 1 FROM topic_preference p WHERE p.lead = {} AND p.topic = c.topic AND p.subscribed = FALSE)
-ORDER BY c.id DESC, s.position
+WHERE (c.topic = {topic} OR c.is_fallback) AND c.status = 'active' AND (c.starts_at IS NULL OR c.starts_at <= {now})
+  AND NOT EXISTS (SELECT 1 FROM topic_preference p WHERE p.lead = {lead} AND p.topic = {topic} AND p.subscribed = FALSE)
+ORDER BY CASE WHEN c.topic = {topic} THEN 0 ELSE 1 END, c.id DESC, s.position
 LIMIT 1
 """
 
+_WAIT = "INSERT INTO chain_wait (lead, topic, since) VALUES ({}, {}, {}) ON CONFLICT DO NOTHING"
+
+
+def _numbered(query: str, **names: object) -> tuple[str, list[object]]:
+    """Piccolo's raw queries take positional `{}`; this lets a query name a value twice."""
+    values: list[object] = []
+
+    def take(name: str) -> str:
+        values.append(names[name])
+        return "{}"
+
+    return re.sub(r"\{(\w+)\}", lambda m: take(m.group(1)), query), values
+
+
+async def insert_enrollment(lead_id: int, chain_id: int, holdout: int, position: int, delay: int, reason: str,
+                             now: datetime) -> EnrollmentDue | None:
+    """Join the lead to the chain (once: a second call does nothing); what to queue, if anything."""
+    group = assign_group(chain_id, lead_id, holdout)
+    treated = group == EnrollmentGroup.treatment
+    due_at = now + timedelta(minutes=delay) if treated else None
+    variant = "A" if bucket("variant", chain_id, lead_id) < 50 else "B"
+    inserted = await Enrollment.raw(
+        'INSERT INTO enrollment (lead, chain, "group", variant, status, next_position, due_at, exit_reason, reason, enrolled_at) '
+        "VALUES ({}, {}, {}, {}, {}, {}, {}, '', {}, {}) ON CONFLICT DO NOTHING RETURNING id",
+        lead_id, chain_id, group.value, variant, EnrollmentStatus.active.value, position, due_at, reason, now,
+    )
+    if not inserted or due_at is None:
+        return None
+    return EnrollmentDue(enrollment_id=inserted[0]["id"], position=position, due_at=due_at)
+
 
 async def enroll(lead_id: int, topic_id: int, now: datetime | None = None) -> EnrollmentDue | None:
-    """Enroll a lead in the topic's newest active chain whose start has come (once), unless
-    the lead left that topic; returns what to queue, if anything.
+    """Enroll a lead that asked for the topic's ebook in the topic's active chain, else in the
+    fallback chain; with neither, the lead waits (chain_wait) until a chain takes it. Returns
+    what to queue, if anything.
 
     Call inside the caller's transaction so the enrollment commits with the capture. Two
     statements: a capture is on the landing page's hot path.
     """
     now = now or utcnow()
-    rows = await Chain.raw(_FIRST_STEP, topic_id, now, lead_id)
+    query, values = _numbered(_FIRST_STEP, topic=topic_id, now=now, lead=lead_id)
+    rows = await Chain.raw(query, *values)
     if not rows:
+        if not await TopicPreference.exists().where(
+            (TopicPreference.lead == lead_id) & (TopicPreference.topic == topic_id) & (TopicPreference.subscribed == False)  # noqa: E712
+        ):
+            await ChainWait.raw(_WAIT, lead_id, topic_id, now)
         return None
     first = rows[0]
-    group = assign_group(first["chain"], lead_id, first["holdout"])
-    treated = group == EnrollmentGroup.treatment
-    due_at = now + timedelta(minutes=first["delay"]) if treated else None
-    variant = "A" if bucket("variant", first["chain"], lead_id) < 50 else "B"
-    inserted = await Enrollment.raw(
-        'INSERT INTO enrollment (lead, chain, "group", variant, status, next_position, due_at, exit_reason, enrolled_at) '
-        "VALUES ({}, {}, {}, {}, {}, {}, {}, '', {}) ON CONFLICT DO NOTHING RETURNING id",
-        lead_id, first["chain"], group.value, variant, EnrollmentStatus.active.value, first["position"], due_at, now,
-    )
-    if not inserted or due_at is None:
-        return None
-    return EnrollmentDue(enrollment_id=inserted[0]["id"], position=first["position"], due_at=due_at)
+    return await insert_enrollment(lead_id, first["chain"], first["holdout"], first["position"], first["delay"],
+                                    first["reason"], now)
 
 
 async def due_enrollments(now: datetime | None = None, limit: int = 10_000) -> list[EnrollmentDue]:
@@ -97,6 +166,7 @@ async def due_enrollments(now: datetime | None = None, limit: int = 10_000) -> l
             (Enrollment.status == EnrollmentStatus.active)
             & (Enrollment.due_at <= now)
             & (Enrollment.group == EnrollmentGroup.treatment)
+            & (Enrollment.chain.status == ChainStatus.active)
         )
         .order_by(Enrollment.due_at)
         .limit(limit)

@@ -6,16 +6,19 @@ import asyncio
 import enum
 import hashlib
 import logging
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from email.message import EmailMessage
 
 import aiosmtplib
 
-from content.chains import EnrollmentDue, utcnow
+from content.chains import EnrollmentDue, next_send_time, utcnow, zone
 from content.letters import render_letter
 from content.mail import DeliveryUncertain, Envelope, Relay, SmtpReplyError, address_of, build_message
+from content.tracking import track
 from content.tables import (
     Chain,
+    ChainStatus,
     Delivery,
     DeliveryStatus,
     Enrollment,
@@ -28,10 +31,12 @@ from content.tables import (
     Suppression,
     SuppressionReason,
 )
-from landing.tables import Event, Lead, Topic
+from landing.tables import Conversion, Event, Lead, LeadStage, Topic, TopicPreference
 from landing.tokens import preferences_url, unsubscribe_url
 from scoring.tables import Score
 from server.settings import get_settings
+from piccolo.engine import engine_finder
+from piccolo.engine.sqlite import SQLiteEngine
 
 log = logging.getLogger("leadkiln.delivery")
 
@@ -52,6 +57,7 @@ class Outcome(str, enum.Enum):
     gave_up = "gave_up"
     bounced = "bounced"
     unknown = "unknown"
+    deferred = "deferred"
 
 
 @dataclass(frozen=True)
@@ -134,39 +140,81 @@ MAX_ATTEMPTS = 8
 
 @dataclass(frozen=True)
 class Claim:
-    """The outcome of claiming a ledger row: ours to send, or already settled elsewhere."""
+    """The outcome of claiming a ledger row: ours to send, already settled elsewhere, or
+    held back by the lead's frequency cap until `wait_until`."""
 
     delivery_id: int | None
     existing_status: str = ""
+    wait_until: datetime | None = None
 
 
-async def _claim(enrollment_id: int, step_id: int, to_address: str, now: datetime) -> Claim:
+_RECENT_LETTERS = """
+SELECT count(*) AS n, min(COALESCE(sent_at, reserved_at)) AS oldest FROM delivery
+WHERE lead = {} AND reserved_at > {} AND status IN ('claimed', 'sending', 'sent', 'unknown')
+"""
+
+
+async def _over_cap(lead_id: int, now: datetime) -> datetime | None:
+    """When the lead may get its next chain letter if the frequency cap holds it back now.
+
+    Runs in the claim's transaction, with the lead locked, so two chains cannot both take
+    the lead's last free slot. Letters a visitor asked for (notices) do not count.
+    """
+    cap = get_settings().frequency_cap
+    if cap is None:
+        return None
+    if not isinstance(engine_finder(), SQLiteEngine):
+        # SQLite's write transactions are serial already (BEGIN IMMEDIATE).
+        await Delivery.raw("SELECT pg_advisory_xact_lock(7411, {})", lead_id)
+    window = timedelta(seconds=cap.seconds)
+    row = (await Delivery.raw(_RECENT_LETTERS, lead_id, now - window))[0]
+    if row["n"] < cap.count:
+        return None
+    oldest = row["oldest"]
+    if isinstance(oldest, str):
+        oldest = datetime.fromisoformat(oldest)
+    if oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=timezone.utc)
+    return max(oldest + window, now + timedelta(seconds=1))
+
+
+async def _claim(enrollment_id: int, step_id: int, lead_id: int, to_address: str, now: datetime) -> Claim:
     """Claim the ledger row for (enrollment, step); only a new or a failed row can be claimed."""
-    rows = (
-        await Delivery.insert(
-            Delivery(enrollment=enrollment_id, step=step_id, status=DeliveryStatus.claimed, to_address=to_address,
-                     attempts=1, reserved_at=now)
+    async with Delivery._meta.db.transaction():
+        wait_until = await _over_cap(lead_id, now)
+        if wait_until is not None:
+            existing = await Delivery.select(Delivery.status).where(
+                (Delivery.enrollment == enrollment_id) & (Delivery.step == step_id)).first()
+            if existing is None or existing["status"] == DeliveryStatus.failed:
+                return Claim(None, wait_until=wait_until)
+            return Claim(None, existing["status"])
+        rows = (
+            await Delivery.insert(
+                Delivery(enrollment=enrollment_id, step=step_id, lead=lead_id, status=DeliveryStatus.claimed,
+                         to_address=to_address, attempts=1, reserved_at=now)
+            )
+            .on_conflict(action="DO NOTHING")
+            .returning(Delivery.id)
         )
-        .on_conflict(action="DO NOTHING")
-        .returning(Delivery.id)
-    )
-    if rows:
-        return Claim(rows[0]["id"])
-    # A row exists: only a failed (never accepted) attempt may be claimed again, and the
-    # conditional update lets exactly one of two racing jobs have it.
-    rows = (
-        await Delivery.update(
-            {Delivery.status: DeliveryStatus.claimed, Delivery.attempts: Delivery.attempts + 1, Delivery.reserved_at: now}
+        if rows:
+            return Claim(rows[0]["id"])
+        # A row exists: only a failed (never accepted) attempt may be claimed again, and the
+        # conditional update lets exactly one of two racing jobs have it.
+        rows = (
+            await Delivery.update(
+                {Delivery.status: DeliveryStatus.claimed, Delivery.attempts: Delivery.attempts + 1,
+                 Delivery.reserved_at: now, Delivery.lead: lead_id}
+            )
+            .where((Delivery.enrollment == enrollment_id) & (Delivery.step == step_id)
+                   & (Delivery.status == DeliveryStatus.failed))
+            .returning(Delivery.id)
         )
-        .where((Delivery.enrollment == enrollment_id) & (Delivery.step == step_id) & (Delivery.status == DeliveryStatus.failed))
-        .returning(Delivery.id)
-    )
-    if rows:
-        return Claim(rows[0]["id"])
-    existing = await Delivery.select(Delivery.status).where(
-        (Delivery.enrollment == enrollment_id) & (Delivery.step == step_id)
-    ).first()
-    return Claim(None, existing["status"] if existing else "")
+        if rows:
+            return Claim(rows[0]["id"])
+        existing = await Delivery.select(Delivery.status).where(
+            (Delivery.enrollment == enrollment_id) & (Delivery.step == step_id)
+        ).first()
+        return Claim(None, existing["status"] if existing else "")
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -226,6 +274,30 @@ async def _settle(coroutine):
         raise
 
 
+STAGE_RANK = {LeadStage.new: 0, LeadStage.contacted: 1, LeadStage.qualified: 2, LeadStage.won: 3, LeadStage.lost: 3}
+"""How far sales have taken a lead; a chain's exit stage is reached at its rank or beyond."""
+
+
+async def exit_reason(enrollment: Enrollment, chain: Chain, lead: Lead) -> str:
+    """Why the lead should leave the chain before its next letter, or "" to go on: it
+    converted since joining, sales took it to the chain's exit stage, or it left the topic."""
+    if await Conversion.exists().where((Conversion.lead == lead.id) & (Conversion.occurred_at >= enrollment.enrolled_at)):
+        return "converted"
+    if chain.exit_stage and STAGE_RANK.get(lead.stage, 0) >= STAGE_RANK.get(chain.exit_stage, 99):
+        return f"stage {lead.stage}"
+    if await TopicPreference.exists().where(
+        (TopicPreference.lead == lead.id) & (TopicPreference.topic == chain.topic) & (TopicPreference.subscribed == False)  # noqa: E712
+    ):
+        return "left the topic"
+    return ""
+
+
+async def _defer(enrollment_id: int, until: datetime, why: str) -> SendResult:
+    """Move the step's due time; the sweeper queues it then. Nothing is dropped."""
+    await Enrollment.update({Enrollment.due_at: until}).where(Enrollment.id == enrollment_id)
+    return SendResult(Outcome.deferred, f"{why}: until {until.isoformat()}")
+
+
 async def send_due_step(enrollment_id: int, relay: Relay, now: datetime | None = None) -> SendResult:
     """Send the enrollment's next letter if due; safe to call twice for the same step."""
     now = now or utcnow()
@@ -235,19 +307,32 @@ async def send_due_step(enrollment_id: int, relay: Relay, now: datetime | None =
     if enrollment.group != EnrollmentGroup.treatment or enrollment.due_at is None or enrollment.due_at > now:
         return SendResult(Outcome.not_due)
     chain = await Chain.objects().get(Chain.id == enrollment.chain)
+    if chain.status != ChainStatus.active:
+        # Paused: the step stays due and is sent on resume; its ledger row keeps it single.
+        return SendResult(Outcome.not_due, f"chain is {chain.status}")
     step = await Step.objects().where((Step.chain == chain.id) & (Step.position == enrollment.next_position)).first()
     if step is None:
         await _exit(enrollment.id, "no more steps", EnrollmentStatus.completed)
         return SendResult(Outcome.completed)
     lead = await Lead.objects().get(Lead.id == enrollment.lead)
-    if not lead.email or lead.historical:
+    if not lead.email or lead.historical or lead.erased_at is not None:
         await _exit(enrollment.id, "no address")
         return SendResult(Outcome.exited, "no address")
     if await is_suppressed(lead.email):
         await _exit(enrollment.id, "suppressed")
         return SendResult(Outcome.exited, "suppressed")
+    reason = await exit_reason(enrollment, chain, lead)
+    if reason:
+        await _exit(enrollment.id, reason)
+        return SendResult(Outcome.exited, reason)
+    opens = next_send_time(now, lead.timezone if zone(lead.timezone) else chain.timezone,
+                           chain.send_window_start, chain.send_window_end, chain.send_weekdays)
+    if opens > now:
+        return await _defer(enrollment.id, opens, "outside the send window")
 
-    claim = await _claim(enrollment.id, step.id, lead.email, now)
+    claim = await _claim(enrollment.id, step.id, lead.id, lead.email, now)
+    if claim.wait_until is not None:
+        return await _defer(enrollment.id, claim.wait_until, "frequency cap")
     if claim.delivery_id is None:
         if claim.existing_status == DeliveryStatus.sent:
             # Marked sent by a person resolving an `unknown` row: go on with the chain.
@@ -262,12 +347,14 @@ async def send_due_step(enrollment_id: int, relay: Relay, now: datetime | None =
     # name, the database, a cancelled job) means nothing was sent: the row goes back to
     # failed and the letter is retried.
     try:
-        message, subject, offer_kind = await _compose(chain, step, lead, delivery_id, enrollment.id, now)
+        composed = await compose(chain, step, lead, delivery_id, enrollment.id, enrollment.variant, now)
+        message = composed.message
         # Recorded before SMTP is spoken: a crash after the relay accepts leaves a row in
         # `sending` that names the letter, so it is reported instead of being sent again.
         await Delivery.update(
             {Delivery.status: DeliveryStatus.sending, Delivery.message_id: str(message["Message-ID"]),
-             Delivery.subject: subject[:300], Delivery.offer_kind: offer_kind}
+             Delivery.subject: composed.subject[:300], Delivery.offer_kind: composed.offer_kind,
+             Delivery.variant: composed.variant, Delivery.links: composed.links}
         ).where(Delivery.id == delivery_id)
     except BaseException as exc:
         reason = f"not sent: {type(exc).__name__}: {exc}"
@@ -296,27 +383,56 @@ async def send_due_step(enrollment_id: int, relay: Relay, now: datetime | None =
     return SendResult(Outcome.sent, reply, next_due)
 
 
-async def _compose(chain: Chain, step: Step, lead: Lead, delivery_id: int, enrollment_id: int, now: datetime):
-    """The letter for this step (the hot or cold offer on an offer step), as a MIME message."""
+@dataclass(frozen=True)
+class Composed:
+    """A step's letter for one lead, and what the ledger records about it."""
+
+    message: EmailMessage
+    subject: str
+    offer_kind: str
+    variant: str
+    links: list[str]
+
+
+def step_version(step: Step, variant: str) -> tuple[str, str, str]:
+    """(subject, body, variant) to send: B's text for a lead in group B when the step has a B
+    version; the recorded variant is empty when the step is not an A/B test."""
+    has_b = bool(step.subject_b.strip() or step.body_markdown_b.strip())
+    if not has_b:
+        return step.subject, step.body_markdown, ""
+    if variant == "B":
+        return step.subject_b.strip() or step.subject, step.body_markdown_b.strip() or step.body_markdown, "B"
+    return step.subject, step.body_markdown, "A"
+
+
+async def compose(chain: Chain, step: Step, lead: Lead, delivery_id: int, enrollment_id: int, variant: str,
+                  now: datetime, tracked: bool = True, message_id: str | None = None) -> Composed:
+    """The letter for this step (the hot or cold offer on an offer step), as a MIME message
+    with tracked links and an open pixel."""
     topic = await Topic.objects().where(Topic.id == chain.topic).first()
-    subject, body, offer_kind = step.subject, step.body_markdown, ""
+    subject, body, variant = step_version(step, variant)
+    offer_kind = ""
     if step.kind == StepKind.offer:
         offer = await choose_offer(chain, lead.id)
         if offer is not None:
-            subject, body, offer_kind = offer.subject, offer.body_markdown, offer.kind
+            subject, body, offer_kind, variant = offer.subject, offer.body_markdown, offer.kind, ""
     context = lead_context(lead, topic, chain) | {"unsubscribe_url": unsubscribe_url(lead.id),
                                                   "preferences_url": preferences_url(lead.id)}
     letter = render_letter(subject, body, context, where=f"step {step.position}")
+    links: list[str] = []
+    if tracked:
+        tracking = track(letter.html, delivery_id)
+        letter, links = replace(letter, html=tracking.html), tracking.links
     settings = get_settings()
     envelope = Envelope(
         chain.sender_name or "leadkiln",
         chain.sender_email or address_of(settings.mail_from),
         lead.email,
-        message_id_for(delivery_id, enrollment_id, step.position),
+        message_id or message_id_for(delivery_id, enrollment_id, step.position),
         context["unsubscribe_url"],
         context["preferences_url"],
     )
-    return build_message(letter, envelope, sent_at=now), letter.subject, offer_kind
+    return Composed(build_message(letter, envelope, sent_at=now), letter.subject, offer_kind, variant, links)
 
 
 async def _record_sent(delivery_id: int, enrollment_id: int, chain_id: int, position: int, reply: str) -> EnrollmentDue | None:

@@ -286,22 +286,30 @@ n AS (
   SELECT need.id, CASE WHEN need.confirm THEN 'confirm' ELSE 'ebook' END, $20, 'pending',
          CASE WHEN need.confirm THEN $21::json ELSE $23::json END, '', '', '', '', 0, $3, $3, NULL FROM need
   ON CONFLICT (dedupe_key) DO NOTHING RETURNING id),
+left_topic AS (
+  SELECT 1 FROM need, topic_preference p WHERE p.lead = need.id AND p.topic = $10 AND p.subscribed = FALSE),
 ch AS (
-  SELECT c.id AS chain, LEAST(GREATEST(c.holdout_percent, 0), 100) AS holdout, s.position, s.delay_minutes, need.id AS lead
+  SELECT c.id AS chain, LEAST(GREATEST(c.holdout_percent, 0), 100) AS holdout, s.position, s.delay_minutes, need.id AS lead,
+         CASE WHEN c.topic = $10 THEN 'download' ELSE 'fallback' END AS reason
   FROM need, chain c JOIN step s ON s.chain = c.id
-  WHERE NOT need.confirm AND c.topic = $10 AND c.status = 'active' AND (c.starts_at IS NULL OR c.starts_at <= $3)
-    AND NOT EXISTS (SELECT 1 FROM topic_preference p WHERE p.lead = need.id AND p.topic = c.topic AND p.subscribed = FALSE)
-  ORDER BY c.id DESC, s.position LIMIT 1),
+  WHERE NOT need.confirm AND (c.topic = $10 OR c.is_fallback) AND c.status = 'active'
+    AND (c.starts_at IS NULL OR c.starts_at <= $3) AND NOT EXISTS (SELECT 1 FROM left_topic)
+  ORDER BY CASE WHEN c.topic = $10 THEN 0 ELSE 1 END, c.id DESC, s.position LIMIT 1),
+w AS (
+  INSERT INTO chain_wait (lead, topic, since)
+  SELECT need.id, $10, $3 FROM need
+  WHERE NOT need.confirm AND NOT EXISTS (SELECT 1 FROM ch) AND NOT EXISTS (SELECT 1 FROM left_topic)
+  ON CONFLICT DO NOTHING),
 g AS (
   SELECT ch.*,
     ('x' || encode(substring(sha256(convert_to('group:' || ch.chain || ':' || ch.lead, 'UTF8')) from 1 for 4), 'hex'))::bit(32)::bigint % 100 AS group_bucket,
     ('x' || encode(substring(sha256(convert_to('variant:' || ch.chain || ':' || ch.lead, 'UTF8')) from 1 for 4), 'hex'))::bit(32)::bigint % 100 AS variant_bucket
   FROM ch),
 en AS (
-  INSERT INTO enrollment (lead, chain, "group", variant, status, next_position, due_at, exit_reason, enrolled_at)
+  INSERT INTO enrollment (lead, chain, "group", variant, status, next_position, due_at, exit_reason, reason, enrolled_at)
   SELECT lead, chain, CASE WHEN group_bucket < holdout THEN 'control' ELSE 'treatment' END,
          CASE WHEN variant_bucket < 50 THEN 'A' ELSE 'B' END, 'active', position,
-         CASE WHEN group_bucket < holdout THEN NULL ELSE $3 + delay_minutes * interval '1 minute' END, '', $3
+         CASE WHEN group_bucket < holdout THEN NULL ELSE $3 + delay_minutes * interval '1 minute' END, '', reason, $3
   FROM g ON CONFLICT DO NOTHING RETURNING id, next_position, due_at)
 SELECT l.id, l.confirmed, l.created_at, need.confirm,
        (SELECT id FROM n) AS notice, (SELECT id FROM en) AS enrollment,

@@ -9,6 +9,7 @@ from typing import Any
 
 from content.chains import EnrollmentDue, due_enrollments, queue_send
 from content.delivery import report_stuck_deliveries, send_due_step
+from content.lifecycle import enroll_hot, enroll_waiting, refresh_waiting_counts
 from content.ebooks import EbookUnavailable, rendered_ebook
 from content.notices import due_notices, notice_job_id, send_notice as send_notice_service
 from server.piccolo_conf import checkpoint
@@ -39,7 +40,7 @@ async def follow_up(ctx: dict[str, Any], lead_id: int | None, notice_id: int | N
         enrollment_id, position, due_at = due
         await queue_send(ctx["redis"], EnrollmentDue(enrollment_id, position, datetime.fromisoformat(due_at)))
     if lead_id is not None:
-        await rescore_lead_service(lead_id)
+        await rescore_lead(ctx, lead_id)
 
 
 async def send_notice(ctx: dict[str, Any], notice_id: int) -> str:
@@ -71,8 +72,11 @@ async def render_stale_ebooks(ctx: dict[str, Any]) -> int:
 
 
 async def rescore_lead(ctx: dict[str, Any], lead_id: int) -> None:
-    """Recompute a lead's topic scores after a new event."""
+    """Recompute a lead's topic scores after a new event; a lead that turned hot on a topic
+    whose chain takes hot leads joins it at once."""
     await rescore_lead_service(lead_id)
+    for due in await enroll_hot(lead_id):
+        await queue_send(ctx["redis"], due)
 
 
 async def rescore_everyone(ctx: dict[str, Any]) -> int:
@@ -80,6 +84,11 @@ async def rescore_everyone(ctx: dict[str, Any]) -> int:
     report = await rescore_all()
     log.info("rescored %d leads in %.1fs (model %s); %d became hot", report.leads, report.seconds,
              report.model_version, report.became_hot)
+    joined = 0
+    for due in await enroll_hot(limit=1_000_000):
+        joined += await queue_send(ctx["redis"], due)
+    if joined:
+        log.info("%d hot leads joined their topic's chain", joined)
     return report.leads
 
 
@@ -96,6 +105,10 @@ async def sweep(ctx: dict[str, Any]) -> int:
     await report_stuck_deliveries()
     await checkpoint()
     queued = 0
+    # Leads that waited for a chain (an activation, a scheduled start) are enrolled first,
+    # so their first letters go out in this same sweep.
+    await enroll_waiting()
+    await refresh_waiting_counts()
     for due in await due_enrollments():
         try:
             queued += await queue_send(ctx["redis"], due)
