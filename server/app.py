@@ -95,6 +95,7 @@ def create_app() -> Litestar:
         favicon,
         index,
     )
+    from landing.tracking import TrackingController
 
     @asgi("/admin", is_mount=True, copy_scope=True)
     async def admin(scope: Scope, receive: Receive, send: Send) -> None:
@@ -113,7 +114,8 @@ def create_app() -> Litestar:
                                        cache_control=CacheControlHeader(max_age=3600, public=True))
     return Litestar(
         route_handlers=[index, favicon, LandingController, DownloadController, ConfirmController, PreferencesController,
-                        RightsController, UnsubscribeController, ApiController, snippet, media, health, admin],
+                        RightsController, UnsubscribeController, TrackingController, ApiController, snippet, media,
+                        health, admin],
         dependencies={"arq": Provide(provide_arq, sync_to_thread=False)},
         lifespan=[lifespan],
         template_config=TemplateConfig(directory=TEMPLATE_DIRS, engine=JinjaTemplateEngine),
@@ -127,8 +129,9 @@ def create_app() -> Litestar:
             # POSTed by mailbox providers without cookies (RFC 8058).
             # Regular expressions searched anywhere in the path: anchored, or a landing page
             # called /l/api-guide would skip CSRF. /u/ is RFC 8058 one-click unsubscribe,
-            # which mailbox providers POST without a token (the signed URL is the proof).
-            exclude=["^/admin(/|$)", "^/api/", "^/u/", "^/health$"],
+            # which mailbox providers POST without a token (the signed URL is the proof). /t/ is
+            # only GETs (the open pixel, link redirects): no CSRF cookie set in mail programs.
+            exclude=["^/admin(/|$)", "^/api/", "^/u/", "^/t/", "^/health$"],
         ))],
         exception_handlers={NotFoundException: not_found},
         openapi_config=OpenAPIConfig(title="leadkiln", version="0.1.0", path="/api/schema",
