@@ -1,4 +1,4 @@
-"""Letters as MIME messages (RFC 8058 unsubscribe headers) and an SMTP relay client."""
+"""Letters as MIME messages (RFC 8058 unsubscribe headers, DKIM) and a pooled SMTP relay client."""
 
 from __future__ import annotations
 
@@ -9,11 +9,16 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, parseaddr
 from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
 
 import aiosmtplib
+import dkim
+import dkim.crypto
 
 from content.letters import RenderedLetter
-from server.settings import SmtpConfig
+from content.throttle import SendThrottle
+from server.settings import SmtpConfig, get_settings
 
 
 # Python folds a header as soon as it passes 78 characters, often right after the
@@ -88,14 +93,70 @@ class DeliveryUncertain(Exception):
     """
 
 
-class Relay:
-    """One reused SMTP connection to the relay, reconnected when it drops."""
+# What a receiver must be able to trust: who it is from and to, what it says, and the
+# one-click unsubscribe (RFC 8058 requires both List-Unsubscribe headers to be signed).
+DKIM_SIGNED_HEADERS = (b"from", b"to", b"subject", b"date", b"message-id", b"mime-version", b"content-type",
+                       b"list-unsubscribe", b"list-unsubscribe-post")
 
-    def __init__(self, config: SmtpConfig, timeout: float = 30.0) -> None:
+
+class DkimSigner:
+    """Signs flattened letters for one domain: rsa-sha256, relaxed/relaxed, one key loaded once."""
+
+    def __init__(self, domain: str, selector: str, private_key: bytes) -> None:
+        # dkimpy's PEM reader wants bare newlines; parsed once here so a bad key stops the
+        # worker at startup instead of failing every letter.
+        self.private_key = private_key.replace(b"\r\n", b"\n")
+        try:
+            key = dkim.crypto.parse_pem_private_key(self.private_key)
+        except dkim.crypto.UnparsableKeyError as exc:
+            raise ValueError(f"not an RSA private key in PEM: {exc}") from None
+        if key["modulus"].bit_length() < 1024:
+            raise ValueError("the DKIM key is shorter than 1024 bits: receivers ignore such signatures (RFC 8301)")
+        self.domain = domain.encode()
+        self.selector = selector.encode()
+
+    @classmethod
+    def from_file(cls, domain: str, selector: str, key_file: str | Path) -> "DkimSigner":
+        return cls(domain, selector, Path(key_file).expanduser().read_bytes())
+
+    def sign(self, raw: bytes) -> bytes:
+        """The letter with its DKIM-Signature header prepended."""
+        signature = dkim.sign(raw, self.selector, self.domain, self.private_key,
+                              canonicalize=(b"relaxed", b"relaxed"), include_headers=list(DKIM_SIGNED_HEADERS))
+        return signature + raw
+
+
+@lru_cache(maxsize=1)
+def configured_signer() -> DkimSigner | None:
+    """The signer DKIM_DOMAIN, DKIM_SELECTOR and DKIM_KEY_FILE describe (the key read once per process)."""
+    settings = get_settings()
+    if not (settings.dkim_domain and settings.dkim_selector and settings.dkim_key_file):
+        return None
+    return DkimSigner.from_file(settings.dkim_domain, settings.dkim_selector, settings.dkim_key_file)
+
+
+class Relay:
+    """Up to `connections` reused SMTP connections to the relay: that many letters in flight.
+
+    Each connection carries one letter at a time and is reused for the next, reconnected
+    when it drops. With a `throttle`, each letter takes a slot of the global send rate
+    just before MAIL FROM. Letters are DKIM-signed when a signer is configured.
+    """
+
+    def __init__(self, config: SmtpConfig, timeout: float = 30.0, *, connections: int | None = None,
+                 throttle: SendThrottle | None = None, signer: DkimSigner | None = None) -> None:
         self.config = config
         self.timeout = timeout
-        self._client: aiosmtplib.SMTP | None = None
-        self._lock = asyncio.Lock()
+        self.connections = connections or get_settings().smtp_connections
+        self.throttle = throttle
+        self.signer = signer or configured_signer()
+        # A permit is a connection's worth of work: whoever holds one owns at most one
+        # client, and opens a new one only when no idle one is left, so never more than
+        # `connections` are open.
+        self._permits = asyncio.Semaphore(self.connections)
+        # Most recently used last: reused first, so the relay's idle timeout closes the
+        # spare ones rather than the ones we are about to use.
+        self._idle: list[aiosmtplib.SMTP] = []
 
     async def _connect(self) -> aiosmtplib.SMTP:
         client = aiosmtplib.SMTP(
@@ -112,73 +173,115 @@ class Relay:
         except aiosmtplib.SMTPResponseException as exc:
             client.close()
             raise SmtpReplyError(exc.code, exc.message, "connect") from None
+        except BaseException:
+            _discard(client)
+            raise
         return client
+
+    async def _ready(self, client: aiosmtplib.SMTP | None) -> aiosmtplib.SMTP:
+        if client is not None and client.is_connected:
+            return client
+        if client is not None:
+            _discard(client)
+        return await self._connect()
 
     async def send(self, message: EmailMessage) -> str:
         """Send one letter and return the relay's reply.
 
         Raises SmtpReplyError (refused: not delivered), OSError or SMTPException (not
-        delivered: the relay was unreachable) or DeliveryUncertain (maybe delivered).
+        delivered: the relay or the send-rate limiter was unreachable) or
+        DeliveryUncertain (maybe delivered).
         """
         # Flattened here: aiosmtplib would re-fold headers with its 78-column policy.
         raw = message.as_bytes(policy=LETTER_POLICY)
+        if self.signer is not None:
+            raw = self.signer.sign(raw)
         sender = address_of(str(message["From"]))
         recipient = address_of(str(message["To"]))
-        async with self._lock:
-            for attempt in (1, 2):
-                if self._client is None or not self._client.is_connected:
-                    self._client = await self._connect()
-                client = self._client
-                stage = "mail"
-                try:
-                    await client.mail(sender)
-                    stage = "rcpt"
-                    await client.rcpt(recipient)
-                    stage = "data"
-                    reply = await client.data(raw)
-                    return reply.message
-                except aiosmtplib.SMTPResponseException as exc:
-                    if exc.code == 421 or stage == "data":
-                        # 421: the relay is closing the session. After a refused DATA the
-                        # session state is unclear. Either way the next letter reconnects.
-                        await self._drop()
-                    else:
-                        await self._reset(client)
-                    raise SmtpReplyError(exc.code, exc.message, stage) from None
-                except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
-                    await self._drop()
-                    if stage == "data":
-                        raise DeliveryUncertain(f"no reply to the letter's data: {exc}") from None
-                    # Before DATA nothing was handed over: a reused connection that the
-                    # relay closed while idle is retried once on a fresh one.
-                    if attempt == 2:
-                        raise
-            raise RuntimeError("unreachable")
-
-    async def _reset(self, client: aiosmtplib.SMTP) -> None:
-        """RSET after a refused MAIL or RCPT, so the reused connection starts clean."""
-        try:
-            await client.rset()
-        except (aiosmtplib.SMTPException, OSError):
-            await self._drop()
-
-    async def _drop(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
+        async with self._permits:
+            client = self._idle.pop() if self._idle else None
+            # True while the connection sits between letters, safe for the next one. Any
+            # other way out (a 421, a refused DATA, a cancelled job mid-command) closes it.
+            clean = True
             try:
-                client.close()
-            except Exception:
-                pass
+                for attempt in (1, 2):
+                    client = await self._ready(client)
+                    clean = True
+                    if self.throttle is not None:
+                        await self.throttle.acquire()
+                        # The relay may have closed the connection while we waited for a slot.
+                        client = await self._ready(client)
+                    stage = "mail"
+                    clean = False
+                    try:
+                        await client.mail(sender)
+                        stage = "rcpt"
+                        await client.rcpt(recipient)
+                        stage = "data"
+                        reply = await client.data(raw)
+                        clean = True
+                        return reply.message
+                    except aiosmtplib.SMTPResponseException as exc:
+                        # 421: the relay is closing the session. After a refused DATA the
+                        # session state is unclear. Either way the connection is closed.
+                        if exc.code != 421 and stage != "data":
+                            clean = await _reset(client)
+                        raise SmtpReplyError(exc.code, exc.message, stage) from None
+                    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+                        _discard(client)
+                        client = None
+                        if stage == "data":
+                            raise DeliveryUncertain(f"no reply to the letter's data: {exc}") from None
+                        # Before DATA nothing was handed over: a reused connection that the
+                        # relay closed while idle is retried once on a fresh one.
+                        if attempt == 2:
+                            raise
+                raise RuntimeError("unreachable")
+            finally:
+                if client is not None:
+                    if clean and client.is_connected:
+                        self._idle.append(client)
+                    else:
+                        _discard(client)
 
     async def close(self) -> None:
-        """Say QUIT and close the connection."""
-        async with self._lock:
-            client, self._client = self._client, None
-            if client is not None and client.is_connected:
-                try:
-                    await client.quit()
-                except (aiosmtplib.SMTPException, OSError):
-                    client.close()
+        """Wait for the letters in flight, then say QUIT on every connection."""
+        held = 0
+        try:
+            for _ in range(self.connections):
+                await self._permits.acquire()
+                held += 1
+            idle, self._idle = self._idle, []
+            await asyncio.gather(*(_quit(client) for client in idle))
+        finally:
+            for _ in range(held):
+                self._permits.release()
+
+
+async def _reset(client: aiosmtplib.SMTP) -> bool:
+    """RSET after a refused MAIL or RCPT, so the reused connection starts clean; False if it can't."""
+    try:
+        await client.rset()
+    except (aiosmtplib.SMTPException, OSError):
+        return False
+    return True
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    if not client.is_connected:
+        return
+    try:
+        await client.quit()
+    except (aiosmtplib.SMTPException, OSError):
+        _discard(client)
+
+
+def _discard(client: aiosmtplib.SMTP) -> None:
+    """Close without a word: the connection is broken or its state unknown."""
+    try:
+        client.close()
+    except Exception:
+        pass
 
 
 def address_of(value: str) -> str:

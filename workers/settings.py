@@ -12,6 +12,7 @@ from piccolo.engine import engine_finder
 from piccolo.engine.postgres import PostgresEngine
 
 from content.mail import Relay
+from content.throttle import SendThrottle
 from server.settings import get_settings
 from workers import jobs
 
@@ -26,7 +27,9 @@ async def startup(ctx: dict[str, Any]) -> None:
         return
     if settings.smtp is None:
         raise RuntimeError("SMTP_URL is not set and no mail catcher was started")
-    ctx["relay"] = Relay(settings.smtp)
+    # The rate is shared by every worker process through the worker's own Redis.
+    throttle = SendThrottle.for_relay(ctx["redis"], settings.send_rate, settings.smtp) if settings.send_rate else None
+    ctx["relay"] = Relay(settings.smtp, connections=settings.smtp_connections, throttle=throttle)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
