@@ -15,6 +15,7 @@ import aiosmtplib
 from content.chains import EnrollmentDue, next_send_time, utcnow, zone
 from content.letters import render_letter
 from content.mail import DeliveryUncertain, Envelope, Relay, SmtpReplyError, address_of, build_message
+from content.throttle import ThrottleBusy, ThrottleUnavailable
 from content.tracking import track
 from content.tables import (
     Chain,
@@ -222,18 +223,24 @@ def retry_delay(attempts: int) -> timedelta:
     return timedelta(minutes=min(60, 2 ** max(0, attempts - 1)))
 
 
-async def _not_delivered(delivery_id: int, enrollment: Enrollment, reason: str, now: datetime) -> SendResult:
-    """Mark the row failed (safe to send again) and schedule the retry, or give up for good."""
+async def _not_delivered(delivery_id: int, enrollment: Enrollment, reason: str, now: datetime,
+                         counts: bool = True) -> SendResult:
+    """Mark the row failed (safe to send again) and schedule the retry, or give up for good.
+    An attempt that `counts=False` (held back by our own send-rate limit) is retried in
+    seconds and does not bring the give-up closer."""
     rows = await Delivery.select(Delivery.attempts).where(Delivery.id == delivery_id)
     attempts = rows[0]["attempts"] if rows else MAX_ATTEMPTS
+    if not counts:
+        attempts -= 1
     async with Delivery._meta.db.transaction():
-        await Delivery.update({Delivery.status: DeliveryStatus.failed, Delivery.smtp_reply: reason[:500]}).where(
-            Delivery.id == delivery_id
-        )
+        changes = {Delivery.status: DeliveryStatus.failed, Delivery.smtp_reply: reason[:500]}
+        if not counts:
+            changes[Delivery.attempts] = attempts
+        await Delivery.update(changes).where(Delivery.id == delivery_id)
         if attempts >= MAX_ATTEMPTS:
             await _exit(enrollment.id, f"gave up after {attempts} attempts")  # why: on the delivery row
         else:
-            due_at = now + retry_delay(attempts)
+            due_at = now + (timedelta(seconds=5) if not counts else retry_delay(attempts))
             await Enrollment.update({Enrollment.due_at: due_at}).where(Enrollment.id == enrollment.id)
     if attempts >= MAX_ATTEMPTS:
         log.error("enrollment %s: gave up on delivery %s after %d attempts: %s", enrollment.id, delivery_id, attempts, reason)
@@ -344,18 +351,10 @@ async def send_due_step(enrollment_id: int, relay: Relay, now: datetime | None =
     delivery_id = claim.delivery_id
 
     # Until the letter is handed to the relay, any failure (a template error, a bad sender
-    # name, the database, a cancelled job) means nothing was sent: the row goes back to
-    # failed and the letter is retried.
+    # name, the database, a refusal, a cancelled job) means nothing was sent: the row goes
+    # back to failed and the letter is retried.
     try:
         composed = await compose(chain, step, lead, delivery_id, enrollment.id, enrollment.variant, now)
-        message = composed.message
-        # Recorded before SMTP is spoken: a crash after the relay accepts leaves a row in
-        # `sending` that names the letter, so it is reported instead of being sent again.
-        await Delivery.update(
-            {Delivery.status: DeliveryStatus.sending, Delivery.message_id: str(message["Message-ID"]),
-             Delivery.subject: composed.subject[:300], Delivery.offer_kind: composed.offer_kind,
-             Delivery.variant: composed.variant, Delivery.links: composed.links}
-        ).where(Delivery.id == delivery_id)
     except BaseException as exc:
         reason = f"not sent: {type(exc).__name__}: {exc}"
         log.error("chain %s step %s: %s", chain.id, step.position, reason)
@@ -364,8 +363,22 @@ async def send_due_step(enrollment_id: int, relay: Relay, now: datetime | None =
             raise
         return result
 
+    handed_over = False
+
+    async def in_flight() -> None:
+        # Recorded once the relay has taken the recipient, just before the letter's data:
+        # a crash after this leaves a row in `sending` that names the letter, so it is
+        # reported instead of being sent again.
+        nonlocal handed_over
+        await Delivery.update(
+            {Delivery.status: DeliveryStatus.sending, Delivery.message_id: str(composed.message["Message-ID"]),
+             Delivery.subject: composed.subject[:300], Delivery.offer_kind: composed.offer_kind,
+             Delivery.variant: composed.variant, Delivery.links: composed.links}
+        ).where(Delivery.id == delivery_id)
+        handed_over = True
+
     try:
-        reply = await relay.send(message)
+        reply = await relay.send(composed.message, before_data=in_flight)
     except SmtpReplyError as exc:
         if exc.recipient_refused:
             await _settle(_bounce(delivery_id, lead.email, str(exc)))
@@ -376,8 +389,17 @@ async def send_due_step(enrollment_id: int, relay: Relay, now: datetime | None =
     except DeliveryUncertain as exc:
         await _settle(_mark_unknown(delivery_id, str(exc)))
         return SendResult(Outcome.unknown, str(exc))
+    except (ThrottleBusy, ThrottleUnavailable) as exc:
+        # Our own send-rate limit, not the letter: try again soon, without using up an attempt.
+        return await _settle(_not_delivered(delivery_id, enrollment, f"not sent: {exc}", now, counts=False))
     except (OSError, aiosmtplib.SMTPException) as exc:
         return await _settle(_not_delivered(delivery_id, enrollment, f"relay unreachable: {exc}", now))
+    except asyncio.CancelledError:
+        if handed_over:
+            await _settle(_mark_unknown(delivery_id, "cancelled while the relay had the letter"))
+        else:
+            await _settle(_not_delivered(delivery_id, enrollment, "not sent: the job was cancelled", now))
+        raise
 
     next_due = await _settle(_record_sent(delivery_id, enrollment.id, chain.id, step.position, reply))
     return SendResult(Outcome.sent, reply, next_due)

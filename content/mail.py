@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+from collections.abc import Awaitable, Callable
 from html import escape
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -185,8 +186,12 @@ class Relay:
             _discard(client)
         return await self._connect()
 
-    async def send(self, message: EmailMessage) -> str:
+    async def send(self, message: EmailMessage, before_data: Callable[[], Awaitable[None]] | None = None) -> str:
         """Send one letter and return the relay's reply.
+
+        `before_data` runs once the relay has taken the recipient, just before the letter
+        is handed over: the caller's last chance to record "in flight" (up to then, a
+        failure or a cancellation means the letter was certainly not sent).
 
         Raises SmtpReplyError (refused: not delivered), OSError or SMTPException (not
         delivered: the relay or the send-rate limiter was unreachable) or
@@ -217,6 +222,9 @@ class Relay:
                         await client.mail(sender)
                         stage = "rcpt"
                         await client.rcpt(recipient)
+                        if before_data is not None:
+                            await before_data()
+                            before_data = None  # a retried attempt never re-records
                         stage = "data"
                         reply = await client.data(raw)
                         clean = True

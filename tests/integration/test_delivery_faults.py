@@ -186,3 +186,36 @@ async def test_rows_left_by_a_dead_worker_are_settled_by_what_they_may_have_done
     await run_worker_burst(sink.url, sweep_first=True)
     recipients = {str(m["To"]) for m in sink.letters()}
     assert recipients == {"vera@example.com"}, "the never-sent letter is retried; the maybe-sent one is not"
+
+
+class StallingRelay:
+    """A relay that stalls, before or after the letter is handed over, until cancelled."""
+
+    def __init__(self, hand_over: bool) -> None:
+        self.hand_over = hand_over
+        self.stalled = asyncio.Event()
+
+    async def send(self, message, before_data=None) -> str:
+        if self.hand_over and before_data is not None:
+            await before_data()
+        self.stalled.set()
+        await asyncio.Event().wait()
+        return "unreachable"
+
+
+@pytest.mark.parametrize(("hand_over", "status"), [(False, DeliveryStatus.failed), (True, DeliveryStatus.unknown)])
+async def test_a_job_cancelled_inside_smtp_is_settled_by_whether_the_relay_had_the_letter(
+        client, catalog, hand_over, status) -> None:
+    # Waiting for a free connection or a send-rate slot is "not handed over": retried. In the
+    # letter's DATA it may have arrived: reported, never resent.
+    enrollment_id = await capture(client, f"stall{int(hand_over)}@example.com")
+    relay = StallingRelay(hand_over)
+    job = asyncio.ensure_future(send_due_step(enrollment_id, relay))
+    await relay.stalled.wait()
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    delivery = await Delivery.objects().first()
+    assert delivery.status == status
+    if hand_over:
+        assert delivery.message_id.startswith("<lk."), "the uncertain letter is named for the report"
