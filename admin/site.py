@@ -12,8 +12,20 @@ from piccolo_api.session_auth.tables import SessionsBase
 
 from piccolo_api.media.local import LocalMediaStorage
 
-from admin.forms import api_key, lead_rights
-from content.tables import Chain, Delivery, DownloadLink, Ebook, Enrollment, LandingPage, Notice, Offer, Step, Suppression
+from admin.forms import api_key, chains, lead_rights
+from content.tables import (
+    Chain,
+    ChainWait,
+    Delivery,
+    DownloadLink,
+    Ebook,
+    Enrollment,
+    LandingPage,
+    Notice,
+    Offer,
+    Step,
+    Suppression,
+)
 from landing.service import stamp_outcome_on_patch, stamp_outcome_on_save
 from landing.tables import ApiKey, Consent, Conversion, Event, Lead, Topic, TopicPreference, UrlTopic, Visitor
 from scoring.tables import LeadAttribute, Score, ScoreHistory, ScoringModel, ScoringRule
@@ -57,17 +69,23 @@ TABLES = [
     TableConfig(Consent, menu_group="Sales", visible_columns=[Consent.lead, Consent.version, Consent.page_url, Consent.given_at]),
     TableConfig(Visitor, menu_group="Sales", visible_columns=[Visitor.id, Visitor.lead, Visitor.first_seen_at, Visitor.last_seen_at]),
     TableConfig(Topic, menu_group="Content"),
-    TableConfig(Ebook, menu_group="Content", visible_columns=[Ebook.id, Ebook.title, Ebook.topic, Ebook.render_error, Ebook.rendered_at, Ebook.updated_at],
+    TableConfig(Ebook, menu_group="Content", visible_columns=[Ebook.id, Ebook.title, Ebook.topic, Ebook.leads_waiting, Ebook.render_error, Ebook.rendered_at, Ebook.updated_at],
                 media_storage=[COVERS, PDFS]),
     TableConfig(LandingPage, menu_group="Content", visible_columns=[LandingPage.id, LandingPage.slug, LandingPage.title, LandingPage.ebook, LandingPage.double_opt_in, LandingPage.published],
                 media_storage=[PAGE_COVERS]),
     TableConfig(UrlTopic, menu_group="Content", visible_columns=[UrlTopic.id, UrlTopic.pattern, UrlTopic.topic, UrlTopic.event_type, UrlTopic.priority, UrlTopic.active]),
-    TableConfig(Chain, menu_group="Content", visible_columns=[Chain.id, Chain.name, Chain.topic, Chain.status, Chain.hot_threshold, Chain.starts_at]),
-    TableConfig(Step, menu_group="Content", visible_columns=[Step.chain, Step.position, Step.kind, Step.delay_minutes, Step.subject], visible_filters=[Step.chain]),
+    TableConfig(Chain, menu_group="Content", visible_columns=[Chain.id, Chain.name, Chain.topic, Chain.status, Chain.starts_at, Chain.hot_threshold,
+                                                            Chain.holdout_percent, Chain.is_fallback, Chain.check_error],
+                hooks=[Hook(HookType.pre_patch, chains.guard_chain_patch), Hook(HookType.pre_save, chains.guard_chain_save)]),
+    TableConfig(Step, menu_group="Content", visible_columns=[Step.chain, Step.position, Step.kind, Step.delay_minutes, Step.subject, Step.subject_b],
+                visible_filters=[Step.chain],
+                hooks=[Hook(HookType.pre_patch, chains.guard_step_patch), Hook(HookType.pre_save, chains.guard_step_save)]),
+    TableConfig(ChainWait, menu_group="Content", visible_columns=[ChainWait.id, ChainWait.lead, ChainWait.topic, ChainWait.since],
+                visible_filters=[ChainWait.topic], validators=READ_ONLY),
     TableConfig(Offer, menu_group="Content", visible_columns=[Offer.chain, Offer.kind, Offer.subject]),
     TableConfig(Enrollment, menu_group="Mail", visible_columns=[Enrollment.id, Enrollment.lead, Enrollment.chain, Enrollment.group, Enrollment.status, Enrollment.next_position, Enrollment.due_at],
                 visible_filters=[Enrollment.chain, Enrollment.status, Enrollment.group]),
-    TableConfig(Delivery, menu_group="Mail", visible_columns=[Delivery.id, Delivery.enrollment, Delivery.step, Delivery.status, Delivery.to_address, Delivery.subject, Delivery.sent_at],
+    TableConfig(Delivery, menu_group="Mail", visible_columns=[Delivery.id, Delivery.enrollment, Delivery.step, Delivery.status, Delivery.variant, Delivery.to_address, Delivery.subject, Delivery.sent_at, Delivery.opened_at, Delivery.clicked_at],
                 visible_filters=[Delivery.status, Delivery.to_address], order_by=[OrderBy(Delivery.id, ascending=False)]),
     TableConfig(Suppression, menu_group="Mail"),
     TableConfig(Notice, menu_group="Mail", visible_columns=[Notice.id, Notice.kind, Notice.lead, Notice.status, Notice.to_address, Notice.subject, Notice.sent_at],
@@ -99,7 +117,7 @@ ADMIN_APP = create_admin(
     session_table=SessionsBase,
     site_name="leadkiln",
     production=get_settings().public_url.startswith("https://"),
-    forms=[api_key.FORM, lead_rights.EXPORT_FORM, lead_rights.ERASE_FORM],
+    forms=[api_key.FORM, lead_rights.EXPORT_FORM, lead_rights.ERASE_FORM, chains.CHAIN_FORM, chains.PREVIEW_FORM, chains.TEST_FORM],
     sidebar_links={"Landing pages": "/"},
 )
 """The admin ASGI app: login required for everything under /admin/."""

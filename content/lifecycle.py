@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from content.chains import EnrollmentDue, insert_enrollment, enroll, utcnow, zone
 from content.delivery import email_hash, lead_context
@@ -42,11 +43,20 @@ def _check_letter(subject: str, body: str, where: str, contexts: list[dict], pro
             return
 
 
-async def check_chain(chain_id: int) -> list[str]:
-    """Everything that keeps the chain from going live, or [] when it can."""
+async def check_chain(chain_id: int, edited: dict[int, dict[str, Any]] | None = None,
+                      added: list[Step] | None = None) -> list[str]:
+    """Everything that keeps the chain from going live, or [] when it can. `edited` (step id
+    to new values) and `added` check the chain as it would be after an edit in the admin."""
     chain = await Chain.objects().get(Chain.id == chain_id)
     topic = await Topic.objects().where(Topic.id == chain.topic).first()
-    steps = await Step.objects().where(Step.chain == chain_id).order_by(Step.position)
+    steps = list(await Step.objects().where(Step.chain == chain_id).order_by(Step.position))
+    for step in steps:
+        for key, value in (edited or {}).get(step.id, {}).items():
+            # piccolo-admin's hooks key the values by column; a caller may use names.
+            name = key if isinstance(key, str) else key._meta.name
+            if name in {c._meta.name for c in Step._meta.columns}:
+                setattr(step, name, value)
+    steps = sorted(steps + list(added or []), key=lambda s: s.position)
     problems: list[str] = []
     if not steps:
         problems.append("the chain has no steps")
