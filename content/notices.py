@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from html import escape
@@ -154,8 +155,23 @@ async def send_notice(notice_id: int, relay: Relay, now: datetime | None = None)
         ).where(Notice.id == notice.id)
     except Exception as exc:
         return await _failed(notice, f"not sent: {type(exc).__name__}: {exc}", now)
+    handed_over = False
+
+    async def in_flight() -> None:
+        nonlocal handed_over
+        handed_over = True
+
     try:
-        reply = await relay.send(message)
+        reply = await relay.send(message, before_data=in_flight)
+    except asyncio.CancelledError:
+        # Cancelled while waiting for a connection or a send-rate slot: certainly not sent,
+        # so retried at once; cancelled during the letter's data: maybe sent, reported.
+        if handed_over:
+            await asyncio.shield(_finish(notice.id, NoticeStatus.unknown, "cancelled while the relay had the letter"))
+        else:
+            await asyncio.shield(_finish(notice.id, NoticeStatus.failed, "not sent: the job was cancelled",
+                                         next_attempt_at=now))
+        raise
     except SmtpReplyError as exc:
         if exc.recipient_refused:
             await _finish(notice.id, NoticeStatus.failed, str(exc), attempts=MAX_ATTEMPTS)

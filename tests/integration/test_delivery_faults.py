@@ -219,3 +219,19 @@ async def test_a_job_cancelled_inside_smtp_is_settled_by_whether_the_relay_had_t
     assert delivery.status == status
     if hand_over:
         assert delivery.message_id.startswith("<lk."), "the uncertain letter is named for the report"
+
+
+@pytest.mark.parametrize(("hand_over", "status"), [(False, "failed"), (True, "unknown")])
+async def test_a_notice_cancelled_inside_smtp_is_settled_the_same_way(client, catalog, hand_over, status) -> None:
+    from content.notices import send_notice
+    from content.tables import Notice
+
+    await capture(client, f"nstall{int(hand_over)}@example.com")
+    notice = await Notice.objects().first()
+    relay = StallingRelay(hand_over)
+    job = asyncio.ensure_future(send_notice(notice.id, relay))
+    await relay.stalled.wait()
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert (await Notice.objects().get(Notice.id == notice.id)).status == status
