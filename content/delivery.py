@@ -123,8 +123,9 @@ def lead_context(lead: Lead, topic: Topic | None, chain: Chain | None) -> dict:
             "company": lead.company or "",
             "role": lead.role or "",
         },
-        "topic": {"name": topic.name if topic else ""},
+        "topic": {"name": topic.name if topic else "", "slug": topic.slug if topic else ""},
         "chain": {"name": chain.name if chain else ""},
+        "site": {"url": get_settings().public_url},
     }
 
 

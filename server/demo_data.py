@@ -37,7 +37,7 @@ TOPICS = [
 LETTERS = [
     ("Your ebook: {{ topic.name }} starts here", "Hi {{ lead.first_name | default(\"there\") }},\n\nThanks for downloading our {{ topic.name }} ebook. Start with chapter one: it takes ten minutes.\n"),
     ("The one {{ topic.name }} mistake we see every week", "Hi {{ lead.first_name | default(\"there\") }},\n\nMost teams measure the wrong thing first. Here is how to spot it.\n"),
-    ("A checklist for your next {{ topic.name }} review", "Hi {{ lead.first_name | default(\"there\") }},\n\n* Look at last month's numbers\n* Pick one thing to fix\n* Measure again in two weeks\n"),
+    ("A checklist for your next {{ topic.name }} review", "Hi {{ lead.first_name | default(\"there\") }},\n\n* Look at last month's numbers\n* Pick one thing to fix\n* Measure again in two weeks\n\nThe whole checklist is in the guide: [open it again]({{ site.url }}/l/{{ topic.slug }}).\n"),
     ("How a team like yours doubled results", "Hi {{ lead.first_name | default(\"there\") }},\n\nA short story of a client who fixed their {{ topic.name }} in six weeks.\n"),
 ]
 
@@ -85,7 +85,9 @@ async def seed_demo(delay_minutes: int = 1, historical_leads: int = 150, seed: i
                           sender_name="Maria from leadkiln", sender_email="maria@leadkiln.localhost")
             await chain.save()
             for position, (subject, body) in enumerate(LETTERS, start=1):
-                await Step(chain=chain.id, position=position, kind=StepKind.letter,
+                # The second letter is an A/B test of its subject line.
+                subject_b = "Are you making this {{ topic.name }} mistake?" if position == 2 else ""
+                await Step(chain=chain.id, position=position, kind=StepKind.letter, subject_b=subject_b,
                            delay_minutes=0 if position == 1 else delay_minutes, subject=subject, body_markdown=body).save()
             await Step(chain=chain.id, position=len(LETTERS) + 1, kind=StepKind.offer, delay_minutes=delay_minutes,
                        subject="Our offer", body_markdown="(sent as the hot or cold offer)").save()

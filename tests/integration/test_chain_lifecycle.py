@@ -291,7 +291,7 @@ async def test_variant_b_leads_get_the_b_text_and_the_ledger_records_it(client, 
         assert first_letters[e["email"]] == expected
     recorded = await Delivery.select(Delivery.variant).where(Delivery.step.position == 1)
     assert {r["variant"] for r in recorded} == {"A", "B"}
-    later = await Delivery.select(Delivery.variant).where(Delivery.step.position == 2)
+    later = await Delivery.select(Delivery.variant).where(Delivery.step.position == 3)
     assert {r["variant"] for r in later} == {""}, "a step without a B text is not an A/B test"
 
 
