@@ -82,8 +82,16 @@ class SmtpReplyError(Exception):
 
     @property
     def recipient_refused(self) -> bool:
-        """A permanent refusal of the address itself: the one case that suppresses it."""
-        return self.permanent and self.stage == "rcpt"
+        """A permanent refusal of the address itself, the one case that suppresses it: a 5xx
+        to RCPT, or a 5xx after the data whose enhanced status code (RFC 3463) blames the
+        mailbox (5.1.x bad address, 5.2.1 disabled; some relays check recipients only then).
+        A refusal of the letter itself (5.7.x policy, spam) does not blame the address."""
+        if not self.permanent:
+            return False
+        if self.stage == "rcpt":
+            return True
+        status = self.reply.strip().split(" ", 1)[0]
+        return self.stage == "data" and (status.startswith("5.1.") or status == "5.2.1")
 
 
 class DeliveryUncertain(Exception):

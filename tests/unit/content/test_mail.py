@@ -123,3 +123,13 @@ def test_only_a_permanent_refusal_of_the_address_is_a_bounce(code: int, stage: s
 )
 def test_address_of(value: str, address: str) -> None:
     assert address_of(value) == address
+
+
+@pytest.mark.parametrize(("reply", "bounce"), [
+    ("5.1.1 <ann@example.com>: Recipient address rejected: User unknown", True),
+    ("5.2.1 mailbox disabled", True),
+    ("5.7.1 message content rejected as spam", False),
+    ("Requested action not taken", False),
+])
+def test_a_refused_letter_blames_the_address_only_when_its_status_code_says_so(reply: str, bounce: bool) -> None:
+    assert SmtpReplyError(550, reply, "data").recipient_refused is bounce
