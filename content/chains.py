@@ -187,6 +187,23 @@ async def due_enrollments(now: datetime | None = None, limit: int = 10_000) -> l
     ]
 
 
+async def release_dead_job(redis: "ArqRedis", due: EnrollmentDue, stuck_after: timedelta, now: datetime | None = None) -> bool:
+    """Free a step's job id held by a worker that died (kill -9, power) before it claimed
+    the letter or after its claim was released; True if one was freed.
+
+    ARQ keeps a running job's id in progress for its longest job timeout (an hour here), so
+    the queued job would wait that long. Called only for a step the ledger shows nobody
+    sending and that has been due for `stuck_after`: a live job holds a `claimed` row
+    within milliseconds. Were it alive after all, the ledger's claim still lets one send.
+    """
+    now = now or utcnow()
+    if due.due_at > now - stuck_after:
+        return False
+    from arq.constants import in_progress_key_prefix
+
+    return bool(await redis.delete(in_progress_key_prefix + send_job_id(due)))
+
+
 async def queue_send(redis: "ArqRedis", due: EnrollmentDue) -> bool:
     """Queue a step's send job for its due time; False if that job is already queued.
 

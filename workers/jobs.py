@@ -7,8 +7,8 @@ from datetime import datetime
 from typing import Any
 
 
-from content.chains import EnrollmentDue, due_enrollments, queue_send
-from content.delivery import report_stuck_deliveries, send_due_step
+from content.chains import EnrollmentDue, due_enrollments, queue_send, release_dead_job
+from content.delivery import report_stuck_deliveries, send_due_step, stuck_after
 from content.lifecycle import enroll_hot, enroll_waiting, refresh_waiting_counts
 from content.ebooks import EbookUnavailable, rendered_ebook
 from content.notices import due_notices, notice_job_id, send_notice as send_notice_service
@@ -111,7 +111,11 @@ async def sweep(ctx: dict[str, Any]) -> int:
     await refresh_waiting_counts()
     for due in await due_enrollments():
         try:
-            queued += await queue_send(ctx["redis"], due)
+            if await queue_send(ctx["redis"], due):
+                queued += 1
+            elif await release_dead_job(ctx["redis"], due, stuck_after()):
+                log.warning("enrollment %s step %s: freed the job of a worker that died; it runs again",
+                            due.enrollment_id, due.position)
         except Exception:  # noqa: BLE001 - one bad row must not stop the rest of the sweep
             log.exception("sweeper could not queue enrollment %s", due.enrollment_id)
     for notice_id, attempts in await due_notices():

@@ -270,11 +270,6 @@ async def test_letters_waiting_for_a_connection_when_the_worker_dies_are_release
     assert len(released) == LEADS - 2 and not released & set(arrived), "the others never reached the relay: retried"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a send job killed before its letter reached the relay keeps its ARQ job id for about an "
-    "hour: arq's in-progress key lives max(function and cron timeouts) + 10 s = 3610 s (train_model "
-    "has timeout=3600) and the job key a day, so the sweeper cannot queue `send:E:P` again and no "
-    "worker may start the queued one; the `claimed` row becomes `failed` but is not retried until then"))
 async def test_a_letter_whose_worker_died_before_smtp_is_sent_after_a_restart(catalog, tmp_path) -> None:
     enrollments = await seed_leads(2, "stall")
     with FaultRelay() as relay:
@@ -287,7 +282,8 @@ async def test_a_letter_whose_worker_died_before_smtp_is_sent_after_a_restart(ca
         [(waiting, _)] = steps_of(await ledger(), DeliveryStatus.claimed)
         assert waiting in enrollments.values()
         with worker(relay, tmp_path / "second.log") as second:
-            # Startup, SEND_STUCK_AFTER and a sweep take a few seconds; an hour is the bug.
+            # ARQ would keep the dead job's id in progress for an hour; the sweeper frees it
+            # once the ledger shows nobody sending the letter (SEND_STUCK_AFTER).
             await wait_until(lambda: relay.per_step()[(waiting, 1)] == 1, "the claimed letter, retried", second,
                              timeout=15)
 
