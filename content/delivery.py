@@ -140,6 +140,10 @@ MAX_ATTEMPTS = 8
 """Attempts at one letter before its enrollment gives up (about four hours of backoff)."""
 
 
+class ClaimLost(Exception):
+    """The ledger row is no longer this job's claim: the letter must not be sent by it."""
+
+
 @dataclass(frozen=True)
 class Claim:
     """The outcome of claiming a ledger row: ours to send, already settled elsewhere, or
@@ -148,6 +152,8 @@ class Claim:
     delivery_id: int | None
     existing_status: str = ""
     wait_until: datetime | None = None
+    attempt: int = 0
+    """Which attempt this claim is: the row stays ours only while it still says so."""
 
 
 _RECENT_LETTERS = """
@@ -199,7 +205,7 @@ async def _claim(enrollment_id: int, step_id: int, lead_id: int, to_address: str
             .returning(Delivery.id)
         )
         if rows:
-            return Claim(rows[0]["id"])
+            return Claim(rows[0]["id"], attempt=1)
         # A row exists: only a failed (never accepted) attempt may be claimed again, and the
         # conditional update lets exactly one of two racing jobs have it.
         rows = (
@@ -209,10 +215,10 @@ async def _claim(enrollment_id: int, step_id: int, lead_id: int, to_address: str
             )
             .where((Delivery.enrollment == enrollment_id) & (Delivery.step == step_id)
                    & (Delivery.status == DeliveryStatus.failed))
-            .returning(Delivery.id)
+            .returning(Delivery.id, Delivery.attempts)
         )
         if rows:
-            return Claim(rows[0]["id"])
+            return Claim(rows[0]["id"], attempt=rows[0]["attempts"])
         existing = await Delivery.select(Delivery.status).where(
             (Delivery.enrollment == enrollment_id) & (Delivery.step == step_id)
         ).first()
@@ -369,13 +375,18 @@ async def send_due_step(enrollment_id: int, relay: Relay, now: datetime | None =
     async def in_flight() -> None:
         # Recorded once the relay has taken the recipient, just before the letter's data:
         # a crash after this leaves a row in `sending` that names the letter, so it is
-        # reported instead of being sent again.
+        # reported instead of being sent again. Only while the claim is still ours: a job
+        # that waited so long for a connection that its claim was released (and maybe
+        # taken by another job) must not send.
         nonlocal handed_over
-        await Delivery.update(
+        taken = await Delivery.update(
             {Delivery.status: DeliveryStatus.sending, Delivery.message_id: str(composed.message["Message-ID"]),
              Delivery.subject: composed.subject[:300], Delivery.offer_kind: composed.offer_kind,
-             Delivery.variant: composed.variant, Delivery.links: composed.links}
-        ).where(Delivery.id == delivery_id)
+             Delivery.variant: composed.variant, Delivery.links: composed.links, Delivery.reserved_at: utcnow()}
+        ).where((Delivery.id == delivery_id) & (Delivery.status == DeliveryStatus.claimed)
+                & (Delivery.attempts == claim.attempt)).returning(Delivery.id)
+        if not taken:
+            raise ClaimLost(f"delivery {delivery_id}: the claim was released while the letter waited")
         handed_over = True
 
     try:
@@ -390,6 +401,9 @@ async def send_due_step(enrollment_id: int, relay: Relay, now: datetime | None =
     except DeliveryUncertain as exc:
         await _settle(_mark_unknown(delivery_id, str(exc)))
         return SendResult(Outcome.unknown, str(exc))
+    except ClaimLost as exc:
+        log.warning("%s; not sent by this job", exc)
+        return SendResult(Outcome.already, str(exc))
     except (ThrottleBusy, ThrottleUnavailable) as exc:
         # Our own send-rate limit, not the letter: try again soon, without using up an attempt.
         return await _settle(_not_delivered(delivery_id, enrollment, f"not sent: {exc}", now, counts=False))

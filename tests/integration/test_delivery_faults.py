@@ -235,3 +235,27 @@ async def test_a_notice_cancelled_inside_smtp_is_settled_the_same_way(client, ca
     with pytest.raises(asyncio.CancelledError):
         await job
     assert (await Notice.objects().get(Notice.id == notice.id)).status == status
+
+
+class OvertakenRelay:
+    """While this job waits for a connection, its claim is released and another job takes it."""
+
+    def __init__(self) -> None:
+        self.data_sent = False
+
+    async def send(self, message, before_data=None) -> str:
+        await report_stuck_deliveries(_now() + timedelta(days=1))  # the claim looked dead
+        await Delivery.update({Delivery.status: DeliveryStatus.claimed, Delivery.attempts: Delivery.attempts + 1},
+                              force=True)  # …and another job claimed the row again
+        await before_data()
+        self.data_sent = True
+        return "250 sent"
+
+
+async def test_a_job_whose_claim_was_taken_over_while_it_waited_does_not_send(client, catalog) -> None:
+    enrollment_id = await capture(client, "overtaken@example.com")
+    relay = OvertakenRelay()
+    result = await send_due_step(enrollment_id, relay)
+    assert result.outcome == Outcome.already and not relay.data_sent, "only the job holding the claim sends"
+    delivery = await Delivery.objects().first()
+    assert (delivery.status, delivery.attempts) == (DeliveryStatus.claimed, 2), "the other job's claim is untouched"
