@@ -137,7 +137,8 @@ async def choose_offer(chain: Chain, lead_id: int) -> Offer | None:
 
 
 MAX_ATTEMPTS = 8
-"""Attempts at one letter before its enrollment gives up (about four hours of backoff)."""
+"""Attempts at one letter before its enrollment gives up (about two hours of backoff). Only
+failures of this letter count: a relay outage or our own rate limit never ends a chain."""
 
 
 class ClaimLost(Exception):
@@ -230,11 +231,16 @@ def retry_delay(attempts: int) -> timedelta:
     return timedelta(minutes=min(60, 2 ** max(0, attempts - 1)))
 
 
+RELAY_RETRY = timedelta(minutes=5)
+"""How often a letter is tried again while the relay is unreachable or refuses our sender."""
+
+
 async def _not_delivered(delivery_id: int, enrollment: Enrollment, reason: str, now: datetime,
-                         counts: bool = True) -> SendResult:
+                         counts: bool = True, retry_in: timedelta | None = None) -> SendResult:
     """Mark the row failed (safe to send again) and schedule the retry, or give up for good.
-    An attempt that `counts=False` (held back by our own send-rate limit) is retried in
-    seconds and does not bring the give-up closer."""
+    An attempt that `counts=False` (our own send-rate limit, a relay outage, a cancelled
+    job: nothing about this letter) is retried after `retry_in` and does not bring the
+    give-up closer."""
     rows = await Delivery.select(Delivery.attempts).where(Delivery.id == delivery_id)
     attempts = rows[0]["attempts"] if rows else MAX_ATTEMPTS
     if not counts:
@@ -247,7 +253,7 @@ async def _not_delivered(delivery_id: int, enrollment: Enrollment, reason: str, 
         if attempts >= MAX_ATTEMPTS:
             await _exit(enrollment.id, f"gave up after {attempts} attempts")  # why: on the delivery row
         else:
-            due_at = now + (timedelta(seconds=5) if not counts else retry_delay(attempts))
+            due_at = now + (retry_in if retry_in is not None else retry_delay(attempts))
             await Enrollment.update({Enrollment.due_at: due_at}).where(Enrollment.id == enrollment.id)
     if attempts >= MAX_ATTEMPTS:
         log.error("enrollment %s: gave up on delivery %s after %d attempts: %s", enrollment.id, delivery_id, attempts, reason)
@@ -263,8 +269,11 @@ async def _exit(enrollment_id: int, reason: str, status: EnrollmentStatus = Enro
     )
 
 
-async def _advance(enrollment_id: int, chain_id: int, position: int, sent_at: datetime) -> EnrollmentDue | None:
-    """Move the enrollment past `position`: the next step's due time, or completed."""
+async def _advance(enrollment_id: int, chain_id: int, position: int, sent_at: datetime,
+                   from_position: int | None = None) -> EnrollmentDue | None:
+    """Move the enrollment past `position`: the next step's due time, or completed. With
+    `from_position`, only an enrollment still at that place moves (a late duplicate job
+    must not move a lead back)."""
     next_step = (
         await Step.objects().where((Step.chain == chain_id) & (Step.position > position)).order_by(Step.position).first()
     )
@@ -272,10 +281,12 @@ async def _advance(enrollment_id: int, chain_id: int, position: int, sent_at: da
         await _exit(enrollment_id, "finished", EnrollmentStatus.completed)
         return None
     due_at = sent_at + timedelta(minutes=next_step.delay_minutes)
-    await Enrollment.update({Enrollment.next_position: next_step.position, Enrollment.due_at: due_at}).where(
-        Enrollment.id == enrollment_id
-    )
-    return EnrollmentDue(enrollment_id, next_step.position, due_at)
+    where = Enrollment.id == enrollment_id
+    if from_position is not None:
+        where &= Enrollment.next_position == from_position
+    moved = await Enrollment.update({Enrollment.next_position: next_step.position, Enrollment.due_at: due_at}).where(
+        where).returning(Enrollment.id)
+    return EnrollmentDue(enrollment_id, next_step.position, due_at) if moved else None
 
 
 async def _settle(coroutine):
@@ -324,7 +335,10 @@ async def send_due_step(enrollment_id: int, relay: Relay, now: datetime | None =
     if chain.status != ChainStatus.active:
         # Paused: the step stays due and is sent on resume; its ledger row keeps it single.
         return SendResult(Outcome.not_due, f"chain is {chain.status}")
-    step = await Step.objects().where((Step.chain == chain.id) & (Step.position == enrollment.next_position)).first()
+    # The first step at or after the enrollment's place: a step renumbered or deleted in a
+    # live chain moves the lead on instead of ending its chain.
+    step = (await Step.objects().where((Step.chain == chain.id) & (Step.position >= enrollment.next_position))
+            .order_by(Step.position).first())
     if step is None:
         await _exit(enrollment.id, "no more steps", EnrollmentStatus.completed)
         return SendResult(Outcome.completed)
@@ -352,7 +366,7 @@ async def send_due_step(enrollment_id: int, relay: Relay, now: datetime | None =
             # Marked sent by a person resolving an `unknown` row: go on with the chain.
             sent_at = utcnow()
             async with Delivery._meta.db.transaction():
-                next_due = await _advance(enrollment.id, chain.id, step.position, sent_at)
+                next_due = await _advance(enrollment.id, chain.id, step.position, sent_at, enrollment.next_position)
             return SendResult(Outcome.already, "sent earlier", next_due)
         return SendResult(Outcome.already, f"ledger row is {claim.existing_status or 'taken'}")
     delivery_id = claim.delivery_id
@@ -395,9 +409,15 @@ async def send_due_step(enrollment_id: int, relay: Relay, now: datetime | None =
         if exc.recipient_refused:
             await _settle(_bounce(delivery_id, lead.email, str(exc)))
             return SendResult(Outcome.bounced, str(exc))
+        reason = f"{exc} (at {exc.stage.upper()})"
+        if exc.stage in ("connect", "mail"):
+            # The relay refused us (login, sender), not this letter: every letter waits the
+            # same, so none uses up its attempts and no lead leaves its chain over it.
+            log.error("relay refused the sender or login: %s", reason)
+            return await _settle(_not_delivered(delivery_id, enrollment, reason, now, counts=False, retry_in=RELAY_RETRY))
         if exc.permanent:
             log.error("relay refused a letter at %s (not the address's fault): %s", exc.stage.upper(), exc)
-        return await _settle(_not_delivered(delivery_id, enrollment, f"{exc} (at {exc.stage.upper()})", now))
+        return await _settle(_not_delivered(delivery_id, enrollment, reason, now))
     except DeliveryUncertain as exc:
         await _settle(_mark_unknown(delivery_id, str(exc)))
         return SendResult(Outcome.unknown, str(exc))
@@ -406,17 +426,23 @@ async def send_due_step(enrollment_id: int, relay: Relay, now: datetime | None =
         return SendResult(Outcome.already, str(exc))
     except (ThrottleBusy, ThrottleUnavailable) as exc:
         # Our own send-rate limit, not the letter: try again soon, without using up an attempt.
-        return await _settle(_not_delivered(delivery_id, enrollment, f"not sent: {exc}", now, counts=False))
+        return await _settle(_not_delivered(delivery_id, enrollment, f"not sent: {exc}", now, counts=False,
+                                            retry_in=timedelta(seconds=5)))
     except (OSError, aiosmtplib.SMTPException) as exc:
-        return await _settle(_not_delivered(delivery_id, enrollment, f"relay unreachable: {exc}", now))
+        # An outage of the relay is not the letter's fault: retried every few minutes for as
+        # long as it lasts, never giving up on the lead.
+        return await _settle(_not_delivered(delivery_id, enrollment, f"relay unreachable: {exc}", now, counts=False,
+                                            retry_in=RELAY_RETRY))
     except asyncio.CancelledError:
         if handed_over:
             await _settle(_mark_unknown(delivery_id, "cancelled while the relay had the letter"))
         else:
-            await _settle(_not_delivered(delivery_id, enrollment, "not sent: the job was cancelled", now))
+            await _settle(_not_delivered(delivery_id, enrollment, "not sent: the job was cancelled", utcnow(),
+                                         counts=False, retry_in=timedelta(0)))
         raise
 
-    next_due = await _settle(_record_sent(delivery_id, enrollment.id, chain.id, step.position, reply))
+    next_due = await _settle(_record_sent(delivery_id, enrollment.id, chain.id, step.position, reply,
+                                          enrollment.next_position))
     return SendResult(Outcome.sent, reply, next_due)
 
 
@@ -472,13 +498,14 @@ async def compose(chain: Chain, step: Step, lead: Lead, delivery_id: int, enroll
     return Composed(build_message(letter, envelope, sent_at=now), letter.subject, offer_kind, variant, links)
 
 
-async def _record_sent(delivery_id: int, enrollment_id: int, chain_id: int, position: int, reply: str) -> EnrollmentDue | None:
+async def _record_sent(delivery_id: int, enrollment_id: int, chain_id: int, position: int, reply: str,
+                       from_position: int) -> EnrollmentDue | None:
     sent_at = utcnow()
     async with Delivery._meta.db.transaction():
         await Delivery.update(
             {Delivery.status: DeliveryStatus.sent, Delivery.sent_at: sent_at, Delivery.smtp_reply: reply[:500]}
         ).where(Delivery.id == delivery_id)
-        return await _advance(enrollment_id, chain_id, position, sent_at)
+        return await _advance(enrollment_id, chain_id, position, sent_at, from_position)
 
 
 async def _bounce(delivery_id: int, email: str, reply: str) -> None:

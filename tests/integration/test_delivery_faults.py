@@ -259,3 +259,35 @@ async def test_a_job_whose_claim_was_taken_over_while_it_waited_does_not_send(cl
     assert result.outcome == Outcome.already and not relay.data_sent, "only the job holding the claim sends"
     delivery = await Delivery.objects().first()
     assert (delivery.status, delivery.attempts) == (DeliveryStatus.claimed, 2), "the other job's claim is untouched"
+
+
+async def test_a_relay_outage_never_uses_up_a_letters_attempts(client, catalog) -> None:
+    enrollment_id = await capture(client, "outage@example.com")
+    relay = Relay(_parse_smtp_url(f"smtp://127.0.0.1:{free_port()}"))  # nobody listens
+    for _ in range(MAX_ATTEMPTS + 2):
+        await _make_due(enrollment_id)
+        result = await send_due_step(enrollment_id, relay)
+        assert result.outcome == Outcome.retry
+    delivery = await Delivery.objects().first()
+    assert delivery.status == DeliveryStatus.failed and delivery.attempts == 0, "the outage is not the letter's fault"
+    enrollment = await Enrollment.objects().get(Enrollment.id == enrollment_id)
+    assert enrollment.status == "active" and enrollment.due_at > _now(), "the lead stays in its chain, retried later"
+
+
+async def test_steps_renumbered_in_a_live_chain_move_the_lead_on(client, catalog, sink) -> None:
+    enrollment_id = await capture(client, "renumbered@example.com")
+    relay = Relay(_parse_smtp_url(sink.url))
+    try:
+        assert (await send_due_step(enrollment_id, relay)).outcome == Outcome.sent
+        enrollment = await Enrollment.objects().get(Enrollment.id == enrollment_id)
+        # The team makes room for a new letter: every later step moves up by ten.
+        for step in await Step.objects().where((Step.chain == enrollment.chain) & (Step.position > 1)):
+            await Step.update({Step.position: step.position + 10}).where(Step.id == step.id)
+        await _make_due(enrollment_id)
+        result = await send_due_step(enrollment_id, relay)
+    finally:
+        await relay.close()
+    assert result.outcome == Outcome.sent and result.next_due.position == 13
+    assert len(sink.letters()) == 2
+    sent = await Delivery.select(Delivery.step.position.as_alias("position")).where(Delivery.status == DeliveryStatus.sent)
+    assert sorted(r["position"] for r in sent) == [1, 12], "the old second step, now twelfth, went next"
