@@ -180,6 +180,10 @@ JOIN chain c ON c.topic = s.topic
 JOIN step st ON st.chain = c.id AND st.position = (SELECT min(position) FROM step WHERE chain = c.id)
 WHERE s.hot AND c.enroll_when_hot AND c.status = 'active' AND (c.starts_at IS NULL OR c.starts_at <= {now})
   AND l.email IS NOT NULL AND l.erased_at IS NULL AND NOT l.historical
+  -- Only a lead that opted in to letters: confirmed, or signed up on a page without double
+  -- opt-in (it then joined or waits for a chain). An unconfirmed sign-up gets nothing.
+  AND (l.confirmed OR EXISTS (SELECT 1 FROM enrollment e WHERE e.lead = s.lead)
+       OR EXISTS (SELECT 1 FROM chain_wait w WHERE w.lead = s.lead))
   AND NOT EXISTS (SELECT 1 FROM enrollment e WHERE e.lead = s.lead AND e.chain = c.id)
   AND NOT EXISTS (SELECT 1 FROM topic_preference p WHERE p.lead = s.lead AND p.topic = c.topic AND NOT p.subscribed)
   {only_lead}

@@ -427,8 +427,8 @@ class Confirmation:
 
 
 async def confirm(lead_id: int, page_id: int) -> Confirmation | None:
-    """Confirm a double opt-in: the lead is confirmed, a download link made and the chain
-    joined; a second confirmation only makes a fresh link. None if the lead is gone."""
+    """Confirm a double opt-in: the lead is confirmed, a download link made and the page's
+    chain joined (a repeated confirmation joins nothing twice). None if the lead is gone."""
     now = datetime.now(timezone.utc)
     page = await LandingPage.objects().where(LandingPage.id == page_id).first()
     async with Lead._meta.db.transaction():
@@ -441,14 +441,15 @@ async def confirm(lead_id: int, page_id: int) -> Confirmation | None:
             (Lead.id == lead_id) & (Lead.confirmed == False)  # noqa: E712
         ).returning(Lead.id)
         already = not confirmed_now
-        due = None
         if not already:
             await Event.insert(Event(type="confirmed", lead=lead_id, topic=ebook.topic,
                                      properties={"page": page.slug}, occurred_at=now))
             # The person confirmed their own address: an earlier unsubscribe or erasure no
             # longer stands (bounces and complaints do).
             await lift_suppression(lead["email"])
-            due = await enroll(lead_id, ebook.topic, now)
+        # Every confirmation enrolls (once per chain): a lead confirming a second page, on
+        # another topic, joins that topic's chain too.
+        due = await enroll(lead_id, ebook.topic, now)
         token = await new_download_link(lead_id, ebook.id, now)
     return Confirmation(lead_id, token, due, already)
 

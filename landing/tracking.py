@@ -14,7 +14,9 @@ from litestar.status_codes import HTTP_302_FOUND, HTTP_404_NOT_FOUND
 
 from content.tracking import read_click_token, read_open_token, record_click, record_open
 from landing.controllers import _message, enqueue_after_commit
+from landing.tables import ApiKey
 from landing.tokens import TokenError, sign
+from server.settings import get_settings
 
 PIXEL = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
          b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
@@ -31,6 +33,17 @@ def with_lead_token(url: str, lead_id: int) -> str:
     kept = [p for p in parts.query.split("&") if p and unquote_plus(p.partition("=")[0]) != "lk"]
     query = "&".join([*kept, urlencode({"lk": sign("identify", lead_id)})])
     return urlunsplit(parts._replace(query=query))
+
+
+async def own_hosts() -> set[str]:
+    """Hosts a lead's token may travel to: this server and the sites its browser API keys
+    serve (their allowed origins). A link elsewhere must not carry a token that identifies
+    the lead to a third party."""
+    hosts = {urlsplit(get_settings().public_url).hostname or ""}
+    for row in await ApiKey.select(ApiKey.allowed_origins).where(ApiKey.active == True):  # noqa: E712
+        hosts |= {urlsplit(origin.strip()).hostname or "" for origin in row["allowed_origins"].splitlines()}
+    hosts.discard("")
+    return hosts
 
 
 def _gone() -> Template:
@@ -72,4 +85,6 @@ class TrackingController(Controller):
             # An erased lead: the link still works, but nothing says who followed it.
             return Redirect(clicked.url, status_code=HTTP_302_FOUND)
         await enqueue_after_commit(arq, clicked.lead_id)
+        if urlsplit(clicked.url).hostname not in await own_hosts():
+            return Redirect(clicked.url, status_code=HTTP_302_FOUND)
         return Redirect(with_lead_token(clicked.url, clicked.lead_id), status_code=HTTP_302_FOUND)

@@ -22,6 +22,16 @@ from server.settings import _parse_smtp_url
 from tests.integration.conftest import run_worker_burst
 from tests.integration.test_delivery_ledger import capture
 
+@pytest.fixture(autouse=True)
+async def our_site(clean_state) -> None:
+    """example.com is the customer's own site (its browser API key's origin): links there
+    carry the lead's token; links elsewhere do not."""
+    from landing.api import create_api_key
+    from landing.tables import ApiKeyScope
+
+    await create_api_key("www", ApiKeyScope.browser, "https://example.com\nhttp://example.com")
+
+
 GUIDE = "https://example.com/guide?utm_source=mail&q=a%20b&empty=#part-2"
 LINKS = ["https://example.com/pricing", GUIDE]
 
@@ -296,3 +306,10 @@ async def test_one_click_unsubscribe_with_a_bad_token_writes_nothing(client, cat
     assert await Suppression.count() == 0
     assert await Event.count().where(Event.type == "unsubscribe") == 0
     assert (await Enrollment.objects().first()).status == "active"
+
+
+async def test_a_link_to_another_site_does_not_carry_the_leads_token(client, catalog) -> None:
+    delivery_id, _, _ = await sent_delivery(client, "dee@example.com", ["https://partner.example.org/offer?x=1"])
+    response = await client.get(urlsplit(click_url(delivery_id, 0)).path, follow_redirects=False)
+    assert response.status_code == 302
+    assert response.headers["location"] == "https://partner.example.org/offer?x=1", "no token for a third party"
