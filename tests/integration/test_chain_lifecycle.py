@@ -311,3 +311,27 @@ async def test_sent_letters_carry_tracked_links_and_the_ledger_keeps_the_origina
     links = json.loads(delivery.links) if isinstance(delivery.links, str) else delivery.links
     assert links == ["https://example.com/guide?a=1&b=2", "https://example.com/pricing"]
     assert delivery.status == DeliveryStatus.sent and delivery.lead is not None
+
+
+async def test_an_unconfirmed_double_opt_in_lead_is_not_enrolled_for_turning_hot(client, catalog) -> None:
+    await _submit(client, "unconfirmed@example.com", "analytics")  # a double opt-in page, not confirmed
+    lead = await Lead.objects().get(Lead.email == "unconfirmed@example.com")
+    ads = await _chain("paid-ads")
+    await Chain.update({Chain.enroll_when_hot: True}).where(Chain.id == ads.id)
+    await Score.insert(Score(lead=lead.id, topic=ads.topic, rule_points=90, combined=90.0, hot=True, explanation={}))
+    assert await enroll_hot(lead.id) == [] and await Enrollment.count() == 0, "no letter without the opt-in"
+
+
+async def test_confirming_two_double_opt_in_pages_joins_both_chains(client, catalog) -> None:
+    from content.tables import LandingPage
+    from landing.service import confirm
+
+    await LandingPage.update({LandingPage.double_opt_in: True}).where(LandingPage.slug == "seo")
+    await _submit(client, "twice.confirmed@example.com", "seo")
+    lead_id = await _submit(client, "twice.confirmed@example.com", "analytics")
+    assert await Enrollment.count() == 0
+    for slug in ("seo", "analytics"):
+        page = await LandingPage.objects().get(LandingPage.slug == slug)
+        assert await confirm(lead_id, page.id) is not None
+    chains = {e["chain"] for e in await Enrollment.select(Enrollment.chain).where(Enrollment.lead == lead_id)}
+    assert chains == {(await _chain("seo")).id, (await _chain("analytics")).id}
