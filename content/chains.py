@@ -12,10 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from content.tables import (
     Chain,
-    ChainStatus,
     ChainWait,
-    Delivery,
-    DeliveryStatus,
     Enrollment,
     EnrollmentGroup,
     EnrollmentStatus,
@@ -157,34 +154,34 @@ async def enroll(lead_id: int, topic_id: int, now: datetime | None = None) -> En
                                     first["reason"], now)
 
 
+# A step whose letter is being sent, or may have been (unknown), is not due again: its row
+# settles first, by its job, by report_stuck_deliveries or by a person. Filtered here, not
+# after the LIMIT, so rows waiting for a person never crowd out the rest.
+_DUE = """
+SELECT e.id AS id, e.next_position AS position, e.due_at AS due_at
+FROM enrollment e JOIN chain c ON c.id = e.chain
+WHERE e.status = 'active' AND e."group" = 'treatment' AND e.due_at <= {} AND c.status = 'active'
+  AND NOT EXISTS (
+    SELECT 1 FROM delivery d JOIN step s ON s.id = d.step
+    WHERE d.enrollment = e.id AND s.position = e.next_position AND d.status IN ('claimed', 'sending', 'unknown'))
+ORDER BY e.due_at
+LIMIT {}
+"""
+
+
+def _instant(value: object) -> datetime:
+    """A timestamp from a raw query (SQLite gives ISO text)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
 async def due_enrollments(now: datetime | None = None, limit: int = 10_000) -> list[EnrollmentDue]:
-    """Treatment enrollments whose next letter is due: the database, not Redis, decides."""
-    now = now or utcnow()
-    rows = (
-        await Enrollment.select(Enrollment.id, Enrollment.next_position, Enrollment.due_at)
-        .where(
-            (Enrollment.status == EnrollmentStatus.active)
-            & (Enrollment.due_at <= now)
-            & (Enrollment.group == EnrollmentGroup.treatment)
-            & (Enrollment.chain.status == ChainStatus.active)
-        )
-        .order_by(Enrollment.due_at)
-        .limit(limit)
-    )
-    if not rows:
-        return []
-    # A step whose letter is being sent, or may have been (unknown), is not due again:
-    # its row settles first, by its job, by report_stuck_deliveries or by a person.
-    held = await Delivery.select(Delivery.enrollment, Delivery.step.position.as_alias("position")).where(
-        Delivery.enrollment.is_in([r["id"] for r in rows])
-        & Delivery.status.is_in([DeliveryStatus.claimed, DeliveryStatus.sending, DeliveryStatus.unknown])
-    )
-    busy = {(h["enrollment"], h["position"]) for h in held}
-    return [
-        EnrollmentDue(r["id"], r["next_position"], r["due_at"])
-        for r in rows
-        if (r["id"], r["next_position"]) not in busy
-    ]
+    """Treatment enrollments of live chains whose next letter is due and not in flight: the
+    database, not Redis, decides."""
+    rows = await Enrollment.raw(_DUE, now or utcnow(), limit)
+    return [EnrollmentDue(r["id"], r["position"], _instant(r["due_at"])) for r in rows]
 
 
 async def release_dead_job(redis: "ArqRedis", due: EnrollmentDue, stuck_after: timedelta, now: datetime | None = None) -> bool:

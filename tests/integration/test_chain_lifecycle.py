@@ -335,3 +335,15 @@ async def test_confirming_two_double_opt_in_pages_joins_both_chains(client, cata
         assert await confirm(lead_id, page.id) is not None
     chains = {e["chain"] for e in await Enrollment.select(Enrollment.chain).where(Enrollment.lead == lead_id)}
     assert chains == {(await _chain("seo")).id, (await _chain("analytics")).id}
+
+
+async def test_letters_waiting_for_a_person_never_crowd_out_the_rest_of_the_sweep(client, catalog, sink) -> None:
+    from content.chains import due_enrollments
+
+    stuck = await capture(client, "stuck@example.com")
+    fine = await capture(client, "fine@example.com", "paid-ads")
+    step = await Step.objects().get((Step.chain == (await _chain()).id) & (Step.position == 1))
+    await Delivery(enrollment=stuck, step=step.id, status=DeliveryStatus.unknown).save()
+    await Enrollment.update({Enrollment.due_at: _now() - timedelta(hours=1)}).where(Enrollment.id == stuck)
+    # The oldest due enrollment waits on an `unknown` row: a sweep of one still finds the other.
+    assert [d.enrollment_id for d in await due_enrollments(limit=1)] == [fine]
