@@ -43,19 +43,29 @@ def _check_letter(subject: str, body: str, where: str, contexts: list[dict], pro
             return
 
 
+def _apply(row: Any, values: dict[Any, Any]) -> None:
+    """Put edited values on a row; piccolo-admin's hooks key them by column, callers by name."""
+    names = {c._meta.name for c in type(row)._meta.columns}
+    for key, value in values.items():
+        name = key if isinstance(key, str) else key._meta.name
+        if name in names and name != "id":
+            setattr(row, name, value)
+
+
 async def check_chain(chain_id: int, edited: dict[int, dict[str, Any]] | None = None,
-                      added: list[Step] | None = None) -> list[str]:
-    """Everything that keeps the chain from going live, or [] when it can. `edited` (step id
-    to new values) and `added` check the chain as it would be after an edit in the admin."""
+                      added: list[Step] | None = None, chain_values: dict[Any, Any] | None = None,
+                      offer_values: dict[int, dict[Any, Any]] | None = None,
+                      removed: set[int] | None = None) -> list[str]:
+    """Everything that keeps the chain from going live, or [] when it can. The other
+    arguments check the chain as it would be after an edit in the admin: `edited` steps and
+    `offer_values` (by id), `added` steps, `chain_values`, `removed` step or offer ids."""
     chain = await Chain.objects().get(Chain.id == chain_id)
+    _apply(chain, chain_values or {})
     topic = await Topic.objects().where(Topic.id == chain.topic).first()
-    steps = list(await Step.objects().where(Step.chain == chain_id).order_by(Step.position))
+    steps = [s for s in await Step.objects().where(Step.chain == chain_id).order_by(Step.position)
+             if s.id not in (removed or set())]
     for step in steps:
-        for key, value in (edited or {}).get(step.id, {}).items():
-            # piccolo-admin's hooks key the values by column; a caller may use names.
-            name = key if isinstance(key, str) else key._meta.name
-            if name in {c._meta.name for c in Step._meta.columns}:
-                setattr(step, name, value)
+        _apply(step, (edited or {}).get(step.id, {}))
     steps = sorted(steps + list(added or []), key=lambda s: s.position)
     problems: list[str] = []
     if not steps:
@@ -86,7 +96,12 @@ async def check_chain(chain_id: int, edited: dict[int, dict[str, Any]] | None = 
             _check_letter(step.subject_b.strip() or step.subject, step.body_markdown_b.strip() or step.body_markdown,
                           f"{where} (variant B)", contexts, problems)
     if any(step.kind == StepKind.offer for step in steps):
-        offers = {o.kind: o for o in await Offer.objects().where(Offer.chain == chain_id)}
+        offers = {}
+        for offer in await Offer.objects().where(Offer.chain == chain_id):
+            if offer.id in (removed or set()):
+                continue
+            _apply(offer, (offer_values or {}).get(offer.id, {}))
+            offers[offer.kind] = offer
         for kind in (OfferKind.hot, OfferKind.cold):
             offer = offers.get(kind)
             if offer is None:

@@ -16,7 +16,7 @@ from content.letters import LetterTemplateError
 from content.lifecycle import ChainNotReady, activate_chain, check_chain, pause_chain
 from content.mail import Relay, SmtpReplyError
 from content.results import preview_step, send_test_letter
-from content.tables import Chain, ChainStatus, Step
+from content.tables import Chain, ChainStatus, Offer, Step
 from landing.forms import normalise_email
 from landing.tables import Lead
 from server.settings import get_settings
@@ -50,7 +50,11 @@ async def _chain(name_or_id: str) -> Chain:
     chain = None
     if value.isdigit():
         chain = await Chain.objects().where(Chain.id == int(value)).first()
-    chain = chain or await Chain.objects().where(Chain.name == value).first()
+    if chain is None:
+        named = await Chain.objects().where(Chain.name == value)
+        if len(named) > 1:
+            raise ValueError(f"{len(named)} chains are called {value!r}: give the chain's id instead.")
+        chain = named[0] if named else None
     if chain is None:
         raise ValueError(f"No chain is called {value!r}.")
     return chain
@@ -130,14 +134,21 @@ def _named(values: dict[Any, Any]) -> dict[str, Any]:
     return {key if isinstance(key, str) else key._meta.name: value for key, value in values.items()}
 
 
+def _refuse(what: str, problems: list[str]) -> None:
+    if problems:
+        raise HTTPException(status_code=400, detail=f"{what}: " + "; ".join(problems))
+
+
+async def _live(chain_id: Any) -> bool:
+    chain = await Chain.select(Chain.status).where(Chain.id == chain_id).first()
+    return chain is not None and chain["status"] == ChainStatus.active
+
+
 async def guard_chain_patch(row_id: Any, values: dict[Any, Any]) -> dict[Any, Any]:
-    """Table hook: switching a chain to active in the table is checked like the form does."""
-    if _named(values).get("status") == ChainStatus.active:
-        current = await Chain.select(Chain.status).where(Chain.id == row_id).first()
-        if current is not None and current["status"] != ChainStatus.active:
-            problems = await check_chain(int(row_id))
-            if problems:
-                raise HTTPException(status_code=400, detail="Cannot activate: " + "; ".join(problems))
+    """Table hook: a live chain, or one switched on here, is checked as it would be after the
+    edit (its letters, time zone, window, sender, exit stage), like the activation form."""
+    if _named(values).get("status") == ChainStatus.active or await _live(row_id):
+        _refuse("Cannot save this chain as active", await check_chain(int(row_id), chain_values=values))
     return values
 
 
@@ -148,25 +159,42 @@ def guard_chain_save(row: Chain) -> Chain:
     return row
 
 
-async def guard_step_patch(row_id: Any, values: dict[str, Any]) -> dict[str, Any]:
-    """Table hook: an edit that would break a live chain's letter is refused, naming the step."""
+async def guard_step_patch(row_id: Any, values: dict[Any, Any]) -> dict[Any, Any]:
+    """Table hook: an edit that would break a live chain's letter is refused, naming the step;
+    a step moved to another live chain is checked there too."""
     step = await Step.objects().where(Step.id == row_id).first()
     if step is None:
         return values
-    chain = await Chain.objects().where(Chain.id == _named(values).get("chain", step.chain)).first()
-    if chain is None or chain.status != ChainStatus.active:
-        return values
-    problems = await check_chain(chain.id, edited={int(row_id): values})
-    if problems:
-        raise HTTPException(status_code=400, detail="This edit would break a live chain: " + "; ".join(problems))
+    if await _live(step.chain):
+        _refuse("This edit would break a live chain", await check_chain(step.chain, edited={step.id: values}))
+    target = _named(values).get("chain", step.chain)
+    if target != step.chain and await _live(target):
+        moved = Step(**{c._meta.name: getattr(step, c._meta.name) for c in Step._meta.columns})
+        for name, value in _named(values).items():
+            setattr(moved, name, value)
+        _refuse("This step would break a live chain", await check_chain(int(target), added=[moved]))
     return values
 
 
 async def guard_step_save(row: Step) -> Step:
     """Table hook: a step added to a live chain must render too."""
-    chain = await Chain.objects().where(Chain.id == row.chain).first()
-    if chain is not None and chain.status == ChainStatus.active:
-        problems = await check_chain(chain.id, added=[row])
-        if problems:
-            raise HTTPException(status_code=400, detail="This step would break a live chain: " + "; ".join(problems))
+    if await _live(row.chain):
+        _refuse("This step would break a live chain", await check_chain(row.chain, added=[row]))
     return row
+
+
+async def guard_offer_patch(row_id: Any, values: dict[Any, Any]) -> dict[Any, Any]:
+    """Table hook: a live chain's offers are checked as they would be after the edit."""
+    offer = await Offer.objects().where(Offer.id == row_id).first()
+    if offer is not None and await _live(offer.chain):
+        _refuse("This edit would break a live chain", await check_chain(offer.chain, offer_values={offer.id: values}))
+    return values
+
+
+async def refuse_removing_from_live_chain(piccolo_crud: Any, request: Request) -> None:
+    """Validator: a step or an offer of a live chain is not deleted (pause the chain first);
+    a delete would also take its letters' history with it."""
+    row_id = request.path_params.get("row_id")
+    row = await piccolo_crud.table.select(piccolo_crud.table.chain).where(piccolo_crud.table.id == row_id).first()
+    if row is not None and await _live(row["chain"]):
+        raise HTTPException(status_code=400, detail="This chain is live: pause it before removing its steps or offers.")

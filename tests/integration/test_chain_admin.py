@@ -96,3 +96,41 @@ async def test_a_test_letter_goes_to_the_given_address_marked_and_outside_the_le
     bad = await client.post("/admin/api/forms/send-a-test-letter/", headers=headers,
                             json={"chain": chain.name, "position": 2, "to_address": "not an address"})
     assert bad.status_code >= 400 and len(relay_is_the_sink.messages()) == 1
+
+
+async def test_a_live_chains_settings_offers_and_steps_are_guarded_in_the_tables(client, catalog) -> None:
+    from content.tables import Offer
+
+    chain = await _seo_chain()
+    headers = await _admin_login(client)
+    zone = await client.patch(f"/admin/api/tables/chain/{chain.id}/", headers=headers, json={"timezone": "Berlin"})
+    assert zone.status_code == 400 and "time zone 'Berlin' is unknown" in zone.text
+    sender = await client.patch(f"/admin/api/tables/chain/{chain.id}/", headers=headers, json={"sender_email": "maria"})
+    assert sender.status_code == 400 and "not an email address" in sender.text
+    assert (await Chain.objects().get(Chain.id == chain.id)).timezone == "UTC"
+
+    hot = await Offer.objects().get((Offer.chain == chain.id) & (Offer.kind == "hot"))
+    offer = await client.patch(f"/admin/api/tables/offer/{hot.id}/", headers=headers, json={"body_markdown": "{{ lead.age }}"})
+    assert offer.status_code == 400 and "hot offer body" in offer.text
+    removed = await client.delete(f"/admin/api/tables/offer/{hot.id}/", headers=headers)
+    assert removed.status_code == 400 and await Offer.exists().where(Offer.id == hot.id)
+    step = await Step.objects().get((Step.chain == chain.id) & (Step.position == 2))
+    deleted = await client.delete(f"/admin/api/tables/step/{step.id}/", headers=headers)
+    assert deleted.status_code == 400 and await Step.exists().where(Step.id == step.id)
+
+    # A broken step of a draft chain cannot be moved into the live one.
+    draft = Chain(name="Draft", topic=chain.topic, status=ChainStatus.draft)
+    await draft.save()
+    broken = Step(chain=draft.id, position=9, subject="{{ nope }}", body_markdown="x")
+    await broken.save()
+    moved = await client.patch(f"/admin/api/tables/step/{broken.id}/", headers=headers, json={"chain": chain.id})
+    assert moved.status_code == 400 and (await Step.objects().get(Step.id == broken.id)).chain == draft.id
+
+
+async def test_two_chains_with_one_name_are_told_apart_by_id(client, catalog) -> None:
+    chain = await _seo_chain()
+    await Chain(name=chain.name, topic=chain.topic, status=ChainStatus.draft).save()
+    headers = await _admin_login(client)
+    ambiguous = await client.post(CHAIN_FORM_URL, headers=headers, json={"chain": chain.name, "action": "pause"})
+    assert ambiguous.status_code >= 400 and "give the chain's id" in ambiguous.text
+    assert (await Chain.objects().get(Chain.id == chain.id)).status == ChainStatus.active
