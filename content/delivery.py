@@ -126,6 +126,7 @@ def lead_context(lead: Lead, topic: Topic | None, chain: Chain | None) -> dict:
         "topic": {"name": topic.name if topic else "", "slug": topic.slug if topic else ""},
         "chain": {"name": chain.name if chain else ""},
         "site": {"url": get_settings().public_url},
+        "offer": {"url": ""},
     }
 
 
@@ -475,12 +476,13 @@ async def compose(chain: Chain, step: Step, lead: Lead, delivery_id: int, enroll
     topic = await Topic.objects().where(Topic.id == chain.topic).first()
     subject, body, variant = step_version(step, variant)
     offer_kind = ""
+    context = lead_context(lead, topic, chain) | {"unsubscribe_url": unsubscribe_url(lead.id),
+                                                  "preferences_url": preferences_url(lead.id)}
     if step.kind == StepKind.offer:
         offer = await choose_offer(chain, lead.id)
         if offer is not None:
             subject, body, offer_kind, variant = offer.subject, offer.body_markdown, offer.kind, ""
-    context = lead_context(lead, topic, chain) | {"unsubscribe_url": unsubscribe_url(lead.id),
-                                                  "preferences_url": preferences_url(lead.id)}
+            context["offer"] = {"url": offer.call_to_action_url}
     letter = render_letter(subject, body, context, where=f"step {step.position}")
     links: list[str] = []
     if tracked:

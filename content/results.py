@@ -31,18 +31,18 @@ from server.settings import get_settings
 SAMPLE_LEAD = Lead(id=0, email="alex@example.com", first_name="Alex", last_name="Kim", company="Acme", role="Founder")
 
 
-async def _letter_source(step: Step, chain: Chain, lead: Lead, variant: str, offer: str) -> tuple[str, str]:
-    """Subject and body the step sends this lead; `offer` is hot, cold or auto (by score)."""
+async def _letter_source(step: Step, chain: Chain, lead: Lead, variant: str, offer: str) -> tuple[str, str, str]:
+    """Subject, body and offer link the step sends this lead; `offer` is hot, cold or auto (by score)."""
     if step.kind != StepKind.offer:
         subject, body, _ = step_version(step, variant)
-        return subject, body
+        return subject, body, ""
     if offer in (OfferKind.hot, OfferKind.cold):
         chosen = await Offer.objects().where((Offer.chain == chain.id) & (Offer.kind == offer)).first()
     else:
         chosen = await choose_offer(chain, lead.id) if lead.id else None
     if chosen is None:
-        return step.subject, step.body_markdown
-    return chosen.subject, chosen.body_markdown
+        return step.subject, step.body_markdown, ""
+    return chosen.subject, chosen.body_markdown, chosen.call_to_action_url
 
 
 async def preview_step(step_id: int, lead_id: int | None = None, variant: str = "A", offer: str = "auto") -> RenderedLetter:
@@ -53,9 +53,10 @@ async def preview_step(step_id: int, lead_id: int | None = None, variant: str = 
     lead = SAMPLE_LEAD
     if lead_id is not None:
         lead = await Lead.objects().where(Lead.id == lead_id).first() or SAMPLE_LEAD
-    subject, body = await _letter_source(step, chain, lead, variant, offer)
+    subject, body, offer_url = await _letter_source(step, chain, lead, variant, offer)
     context = lead_context(lead, topic, chain) | {
-        "unsubscribe_url": unsubscribe_url(lead.id or 0), "preferences_url": preferences_url(lead.id or 0)}
+        "unsubscribe_url": unsubscribe_url(lead.id or 0), "preferences_url": preferences_url(lead.id or 0),
+        "offer": {"url": offer_url}}
     return render_letter(subject, body, context, where=f"step {step.position}")
 
 

@@ -347,3 +347,14 @@ async def test_letters_waiting_for_a_person_never_crowd_out_the_rest_of_the_swee
     await Enrollment.update({Enrollment.due_at: _now() - timedelta(hours=1)}).where(Enrollment.id == stuck)
     # The oldest due enrollment waits on an `unknown` row: a sweep of one still finds the other.
     assert [d.enrollment_id for d in await due_enrollments(limit=1)] == [fine]
+
+
+async def test_the_offer_letter_links_to_its_call_to_action(client, catalog, sink) -> None:
+    chain = await _chain()
+    await Offer.update({Offer.call_to_action_url: "https://example.com/book?plan=audit",
+                        Offer.body_markdown: "[Book your free audit]({{ offer.url }})"}).where(Offer.chain == chain.id)
+    await capture(client, "cta@example.com")
+    await run_worker_burst(sink.url, sweep_first=True)
+    offer = await Delivery.objects().where(Delivery.offer_kind != "").first()
+    links = json.loads(offer.links) if isinstance(offer.links, str) else offer.links
+    assert links == ["https://example.com/book?plan=audit"]
