@@ -184,21 +184,58 @@ async def due_enrollments(now: datetime | None = None, limit: int = 10_000) -> l
     return [EnrollmentDue(r["id"], r["position"], _instant(r["due_at"])) for r in rows]
 
 
-async def release_dead_job(redis: "ArqRedis", due: EnrollmentDue, stuck_after: timedelta, now: datetime | None = None) -> bool:
-    """Free a step's job id held by a worker that died (kill -9, power) before it claimed
-    the letter or after its claim was released; True if one was freed.
+# Queue many send jobs in one round trip, the way ArqRedis.enqueue_job writes one (the job
+# under its key, its id in the queue at its due time), skipping ids already queued or with
+# a result kept. A queued id whose job a dead worker holds "in progress" (ARQ keeps that mark
+# for its longest job timeout, an hour here) is freed when the step has been due for
+# SEND_STUCK_AFTER: the ledger shows nobody sending it (due_enrollments filters those), and
+# were a live job holding it after all, the ledger's claim still lets only one send.
+_ENQUEUE_MANY = """
+local queued, freed = {}, {}
+for i = 1, #ARGV, 5 do
+  local id, payload, score, ttl, old = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  if redis.call('EXISTS', KEYS[2] .. id) == 0 and redis.call('EXISTS', KEYS[3] .. id) == 0 then
+    redis.call('PSETEX', KEYS[2] .. id, ttl, payload)
+    redis.call('ZADD', KEYS[1], score, id)
+    table.insert(queued, id)
+  elseif old == '1' and redis.call('DEL', KEYS[4] .. id) == 1 then
+    table.insert(freed, id)
+  end
+end
+return {queued, freed}
+"""
 
-    ARQ keeps a running job's id in progress for its longest job timeout (an hour here), so
-    the queued job would wait that long. Called only for a step the ledger shows nobody
-    sending and that has been due for `stuck_after`: a live job holds a `claimed` row
-    within milliseconds. Were it alive after all, the ledger's claim still lets one send.
-    """
-    now = now or utcnow()
-    if due.due_at > now - stuck_after:
-        return False
-    from arq.constants import in_progress_key_prefix
 
-    return bool(await redis.delete(in_progress_key_prefix + send_job_id(due)))
+@dataclass(frozen=True)
+class Queued:
+    """What a batch enqueue did: new jobs, and jobs freed from a dead worker."""
+
+    queued: int
+    freed: list[str]
+
+
+async def queue_sends(redis: "ArqRedis", dues: list[EnrollmentDue], stuck_after: timedelta,
+                      batch: int = 1000) -> Queued:
+    """Queue the send jobs of many due steps, a thousand per round trip (the sweeper's way;
+    `queue_send` is one job's)."""
+    from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+    from arq.jobs import serialize_job
+
+    now = utcnow()
+    now_ms = int(now.timestamp() * 1000)
+    queued, freed = 0, []
+    for start in range(0, len(dues), batch):
+        args: list[object] = []
+        for due in dues[start:start + batch]:
+            score = max(now_ms, int(due.due_at.timestamp() * 1000))
+            payload = serialize_job("send_step", (due.enrollment_id,), {}, None, now_ms, serializer=redis.job_serializer)
+            old = due.due_at <= now - stuck_after
+            args += [send_job_id(due), payload, score, score - now_ms + redis.expires_extra_ms, "1" if old else "0"]
+        result = await redis.eval(_ENQUEUE_MANY, 4, redis.default_queue_name, job_key_prefix, result_key_prefix,
+                                  in_progress_key_prefix, *args)
+        queued += len(result[0])
+        freed += [x.decode() if isinstance(x, bytes) else x for x in result[1]]
+    return Queued(queued, freed)
 
 
 async def queue_send(redis: "ArqRedis", due: EnrollmentDue) -> bool:

@@ -358,3 +358,32 @@ async def test_the_offer_letter_links_to_its_call_to_action(client, catalog, sin
     offer = await Delivery.objects().where(Delivery.offer_kind != "").first()
     links = json.loads(offer.links) if isinstance(offer.links, str) else offer.links
     assert links == ["https://example.com/book?plan=audit"]
+
+
+async def test_the_sweeper_queues_in_batches_once_each_and_frees_a_dead_workers_job(catalog) -> None:
+    from arq import create_pool
+    from arq.constants import in_progress_key_prefix
+
+    from content.chains import EnrollmentDue, queue_sends, send_job_id
+    from workers.settings import redis_settings
+
+    now = _now()
+    dues = [EnrollmentDue(n, 1, now - timedelta(seconds=n % 3)) for n in range(1, 2501)]
+    dues.append(EnrollmentDue(9999, 2, now + timedelta(hours=1)))  # not yet due: deferred in the queue
+    pool = await create_pool(redis_settings())
+    try:
+        first = await queue_sends(pool, dues, timedelta(minutes=10))
+        assert (first.queued, first.freed) == (2501, [])
+        assert await pool.zcard(pool.default_queue_name) == 2501
+        again = await queue_sends(pool, dues, timedelta(minutes=10))
+        assert again.queued == 0, "an id already queued is not queued twice"
+        # A worker died running one of them: its id stays "in progress" for an hour in ARQ.
+        dead = dues[0]
+        await pool.set(in_progress_key_prefix + send_job_id(dead), b"1", px=3_600_000)
+        assert (await queue_sends(pool, [dead], timedelta(minutes=10))).freed == [], "not yet stuck long enough"
+        stuck = await queue_sends(pool, [dead], timedelta(seconds=0))
+        assert stuck.freed == [send_job_id(dead)] and not await pool.exists(in_progress_key_prefix + send_job_id(dead))
+        jobs = {j.job_id: j for j in await pool.queued_jobs()}
+        assert jobs[send_job_id(dues[-1])].function == "send_step" and jobs[send_job_id(dues[-1])].args == (9999,)
+    finally:
+        await pool.aclose()
