@@ -161,12 +161,14 @@ _DUE = """
 SELECT e.id AS id, e.next_position AS position, e.due_at AS due_at
 FROM enrollment e JOIN chain c ON c.id = e.chain
 WHERE e.status = 'active' AND e."group" = 'treatment' AND e.due_at <= {} AND c.status = 'active'
+  AND (e.due_at > {} OR (e.due_at = {} AND e.id > {}))
   AND NOT EXISTS (
     SELECT 1 FROM delivery d JOIN step s ON s.id = d.step
     WHERE d.enrollment = e.id AND s.position = e.next_position AND d.status IN ('claimed', 'sending', 'unknown'))
-ORDER BY e.due_at
+ORDER BY e.due_at, e.id
 LIMIT {}
 """
+_BEGINNING = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _instant(value: object) -> datetime:
@@ -177,11 +179,26 @@ def _instant(value: object) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-async def due_enrollments(now: datetime | None = None, limit: int = 10_000) -> list[EnrollmentDue]:
-    """Treatment enrollments of live chains whose next letter is due and not in flight: the
-    database, not Redis, decides."""
-    rows = await Enrollment.raw(_DUE, now or utcnow(), limit)
+async def due_enrollments(now: datetime | None = None, limit: int = 10_000,
+                          after: EnrollmentDue | None = None) -> list[EnrollmentDue]:
+    """Treatment enrollments of live chains whose next letter is due and not in flight, oldest
+    first, the page after `after`: the database, not Redis, decides."""
+    since, since_id = (after.due_at, after.enrollment_id) if after is not None else (_BEGINNING, 0)
+    rows = await Enrollment.raw(_DUE, now or utcnow(), since, since, since_id, limit)
     return [EnrollmentDue(r["id"], r["position"], _instant(r["due_at"])) for r in rows]
+
+
+async def all_due(now: datetime | None = None, page: int = 10_000, most: int = 1_000_000):
+    """Every due step, a page at a time (for the sweeper: a backlog is queued in one sweep)."""
+    now = now or utcnow()
+    after, seen = None, 0
+    while seen < most:
+        rows = await due_enrollments(now, page, after)
+        if rows:
+            yield rows
+        if len(rows) < page:
+            return
+        after, seen = rows[-1], seen + len(rows)
 
 
 # Queue many send jobs in one round trip, the way ArqRedis.enqueue_job writes one (the job

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 
-from content.chains import EnrollmentDue, due_enrollments, queue_send, queue_sends
+from content.chains import EnrollmentDue, all_due, queue_send, queue_sends
 from content.delivery import report_stuck_deliveries, send_due_step, stuck_after
 from content.lifecycle import enroll_hot, enroll_waiting, refresh_waiting_counts
 from content.ebooks import EbookUnavailable, rendered_ebook
@@ -109,14 +109,16 @@ async def sweep(ctx: dict[str, Any]) -> int:
     # so their first letters go out in this same sweep.
     await enroll_waiting()
     await refresh_waiting_counts()
-    dues = await due_enrollments()
     try:
-        batch = await queue_sends(ctx["redis"], dues, stuck_after())
-        queued += batch.queued
-        for job_id in batch.freed:
-            log.warning("%s: freed the job of a worker that died; it runs again", job_id)
+        # Every due step, page by page: a backlog (a day of downtime, a send window opening
+        # on 100,000 letters) is queued in one sweep; what is queued already costs one EXISTS.
+        async for dues in all_due():
+            batch = await queue_sends(ctx["redis"], dues, stuck_after())
+            queued += batch.queued
+            for job_id in batch.freed:
+                log.warning("%s: freed the job of a worker that died; it runs again", job_id)
     except Exception:  # noqa: BLE001 - the notices below still go; the next sweep retries
-        log.exception("sweeper could not queue %d due letters", len(dues))
+        log.exception("sweeper could not queue the due letters")
     for notice_id, attempts in await due_notices():
         try:
             queued += bool(await ctx["redis"].enqueue_job("send_notice", notice_id, _job_id=notice_job_id(notice_id, attempts)))

@@ -387,3 +387,15 @@ async def test_the_sweeper_queues_in_batches_once_each_and_frees_a_dead_workers_
         assert jobs[send_job_id(dues[-1])].function == "send_step" and jobs[send_job_id(dues[-1])].args == (9999,)
     finally:
         await pool.aclose()
+
+
+async def test_the_due_steps_are_read_page_by_page_to_the_end(client, catalog) -> None:
+    from content.chains import all_due, due_enrollments
+
+    ids = [await capture(client, f"page{n}@example.com") for n in range(5)]
+    same_time = _now() - timedelta(minutes=1)
+    await Enrollment.update({Enrollment.due_at: same_time}).where(Enrollment.id.is_in(ids[:3]))  # ties on due_at
+    pages = [[d.enrollment_id for d in page] async for page in all_due(page=2)]
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert sorted(sum(pages, [])) == sorted(ids), "every due step once, ties included"
+    assert [d.enrollment_id for d in await due_enrollments()] == sum(pages, [])
