@@ -12,7 +12,9 @@ from piccolo_api.session_auth.tables import SessionsBase
 
 from piccolo_api.media.local import LocalMediaStorage
 
+from admin import webhooks
 from admin.forms import api_key, chains, lead_rights
+from admin.tables import HotAlert, WebhookDelivery, WebhookEndpoint
 from content.tables import (
     Chain,
     ChainWait,
@@ -111,6 +113,19 @@ TABLES = [
     TableConfig(ApiKey, menu_group="System", visible_columns=[ApiKey.id, ApiKey.name, ApiKey.prefix, ApiKey.scope, ApiKey.active, ApiKey.last_used_at],
                 validators=Validators(post_single=[_made_by_form])),
     TableConfig(BaseUser, menu_group="System"),
+    TableConfig(HotAlert, menu_group="Sales", visible_columns=[HotAlert.id, HotAlert.lead, HotAlert.topic, HotAlert.status,
+                                                              HotAlert.to_address, HotAlert.subject, HotAlert.sent_at],
+                visible_filters=[HotAlert.status, HotAlert.lead, HotAlert.topic], order_by=[OrderBy(HotAlert.id, ascending=False)],
+                validators=READ_ONLY),
+    TableConfig(WebhookEndpoint, menu_group="System", visible_columns=[WebhookEndpoint.id, WebhookEndpoint.name, WebhookEndpoint.url,
+                                                                       WebhookEndpoint.events, WebhookEndpoint.active],
+                hooks=[Hook(HookType.pre_save, webhooks.guard_endpoint_save), Hook(HookType.pre_patch, webhooks.guard_endpoint_patch)],
+                validators=Validators(put_single=[webhooks.refuse_put])),
+    TableConfig(WebhookDelivery, menu_group="System", visible_columns=[WebhookDelivery.id, WebhookDelivery.endpoint, WebhookDelivery.event_key,
+                                                                       WebhookDelivery.status, WebhookDelivery.attempts, WebhookDelivery.response_code,
+                                                                       WebhookDelivery.error, WebhookDelivery.next_attempt_at, WebhookDelivery.delivered_at],
+                visible_filters=[WebhookDelivery.endpoint, WebhookDelivery.status, WebhookDelivery.lead],
+                order_by=[OrderBy(WebhookDelivery.id, ascending=False)], validators=READ_ONLY),
 ]
 
 

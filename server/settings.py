@@ -128,6 +128,8 @@ class Settings:
     """DKIM_SELECTOR: the DNS selector whose TXT record holds the public key."""
     dkim_key_file: str = ""
     """DKIM_KEY_FILE: the PEM private key that signs."""
+    sales_alert_to: str = ""
+    """SALES_ALERT_TO: the address (a sales list) told when a lead with no owner turns hot; unset: only owners are told."""
 
     def __post_init__(self) -> None:
         defaults = {"capture_limit_ip": RateLimit(20, 60), "capture_limit_email": RateLimit(5, 3600),
@@ -329,6 +331,9 @@ def read_settings() -> Settings:
         raise ConfigError("DKIM_KEY_FILE", "DKIM signing needs DKIM_DOMAIN, DKIM_SELECTOR and DKIM_KEY_FILE together")
     if dkim["dkim_key_file"] and not Path(dkim["dkim_key_file"]).expanduser().is_file():
         raise ConfigError("DKIM_KEY_FILE", f"{dkim['dkim_key_file']!r} is not a readable file")
+    sales_alert_to = os.environ.get("SALES_ALERT_TO", "").strip()
+    if sales_alert_to and (sales_alert_to.count("@") != 1 or any(ch.isspace() or ch in ",;<>" for ch in sales_alert_to)):
+        raise ConfigError("SALES_ALERT_TO", f"{sales_alert_to!r} is not one email address, e.g. sales@example.com")
     return Settings(
         data_dir=data_dir,
         database_url=database_url,
@@ -345,6 +350,7 @@ def read_settings() -> Settings:
         **limits,
         **numbers,
         **dkim,
+        sales_alert_to=sales_alert_to,
     )
 
 

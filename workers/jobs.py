@@ -127,3 +127,42 @@ async def sweep(ctx: dict[str, Any]) -> int:
     if queued:
         log.info("sweeper queued %d due letters", queued)
     return queued
+
+
+async def hand_off_hot_leads(ctx: dict[str, Any]) -> int:
+    """Tell sales about leads that turned hot: record each crossing's letter and webhook
+    deliveries once, then queue every letter and delivery that is due (retries too)."""
+    from admin.alerts import alert_job_id, due_alerts, forget_erased, record_crossings
+    from admin.webhooks import delivery_job_id, due_deliveries
+
+    await forget_erased()
+    recorded = await record_crossings()
+    if recorded:
+        log.info("%d leads turned hot: sales and the webhooks are told", recorded)
+    queued = 0
+    for alert_id, attempts in await due_alerts():
+        queued += bool(await ctx["redis"].enqueue_job("send_hot_alert", alert_id, _job_id=alert_job_id(alert_id, attempts)))
+    for delivery_id, attempts in await due_deliveries():
+        queued += bool(await ctx["redis"].enqueue_job("post_webhook", delivery_id,
+                                                      _job_id=delivery_job_id(delivery_id, attempts)))
+    return queued
+
+
+async def send_hot_alert(ctx: dict[str, Any], alert_id: int) -> str:
+    """Send the letter telling a lead's owner (or the sales list) that it turned hot."""
+    from admin.alerts import send_alert
+
+    result = await send_alert(alert_id, ctx["relay"])
+    if result.status not in ("sent", "already", "skipped"):
+        log.warning("hot alert %s: %s %s", alert_id, result.status, result.detail)
+    return result.status
+
+
+async def post_webhook(ctx: dict[str, Any], delivery_id: int) -> str:
+    """Attempt one webhook delivery (a failure is retried by the hand-off cron after its backoff)."""
+    from admin.webhooks import deliver
+
+    result = await deliver(delivery_id)
+    if result.status not in ("delivered", "already"):
+        log.warning("webhook delivery %s: %s %s", delivery_id, result.status, result.detail)
+    return result.status

@@ -58,6 +58,8 @@ class WorkerSettings:
         func(jobs.send_notice, keep_result=0, max_tries=5),
         func(jobs.render_ebook, keep_result=0, max_tries=2, timeout=600),
         func(jobs.rescore_lead, keep_result=0, max_tries=3),
+        func(jobs.send_hot_alert, keep_result=0, max_tries=3),
+        func(jobs.post_webhook, keep_result=0, max_tries=3),
     ]
     cron_jobs = [
         cron(jobs.sweep, second=set(range(0, 60, 5)), run_at_startup=True, unique=True, keep_result=0),
@@ -65,6 +67,8 @@ class WorkerSettings:
         # Hourly: decay moves scores slowly; a new event rescores its lead at once anyway.
         cron(jobs.rescore_everyone, minute=17, second=0, unique=True, timeout=1800, keep_result=0),
         cron(jobs.train_model, hour=3, minute=41, second=0, unique=True, timeout=3600, keep_result=0),
+        # Every 5 s: a lead that turned hot is announced within seconds of its rescoring.
+        cron(jobs.hand_off_hot_leads, second=set(range(2, 60, 5)), run_at_startup=True, unique=True, keep_result=0),
     ]
     on_startup = startup
     on_shutdown = shutdown
