@@ -42,6 +42,12 @@ def _made_by_form(piccolo_crud, request) -> None:
     raise HTTPException(status_code=405, detail="Make keys with the 'Create API key' form: it shows the key once.")
 
 
+def _patch_only(piccolo_crud, request) -> None:
+    # piccolo_api runs its hooks on PATCH (what the admin sends), not on PUT: the checks that
+    # keep a live chain's letters valid must not be skipped by a hand-made PUT.
+    raise HTTPException(status_code=405, detail="Edit this table with PATCH, as the admin does.")
+
+
 READ_ONLY = Validators(post_single=[_read_only], put_single=[_read_only], patch_single=[_read_only],
                        delete_single=[_read_only], delete_all=[_read_only])
 """For tables that record what happened (caught mail): editing them would rewrite history."""
@@ -78,16 +84,17 @@ TABLES = [
     TableConfig(UrlTopic, menu_group="Content", visible_columns=[UrlTopic.id, UrlTopic.pattern, UrlTopic.topic, UrlTopic.event_type, UrlTopic.priority, UrlTopic.active]),
     TableConfig(Chain, menu_group="Content", visible_columns=[Chain.id, Chain.name, Chain.topic, Chain.status, Chain.starts_at, Chain.hot_threshold,
                                                             Chain.holdout_percent, Chain.is_fallback, Chain.check_error],
-                hooks=[Hook(HookType.pre_patch, chains.guard_chain_patch), Hook(HookType.pre_save, chains.guard_chain_save)]),
+                hooks=[Hook(HookType.pre_patch, chains.guard_chain_patch), Hook(HookType.pre_save, chains.guard_chain_save)],
+                validators=Validators(put_single=[_patch_only])),
     TableConfig(Step, menu_group="Content", visible_columns=[Step.chain, Step.position, Step.kind, Step.delay_minutes, Step.subject, Step.subject_b],
                 visible_filters=[Step.chain],
                 hooks=[Hook(HookType.pre_patch, chains.guard_step_patch), Hook(HookType.pre_save, chains.guard_step_save)],
-                validators=Validators(delete_single=[chains.refuse_removing_from_live_chain])),
+                validators=Validators(delete_single=[chains.refuse_removing_from_live_chain], put_single=[_patch_only])),
     TableConfig(ChainWait, menu_group="Content", visible_columns=[ChainWait.id, ChainWait.lead, ChainWait.topic, ChainWait.since],
                 visible_filters=[ChainWait.topic], validators=READ_ONLY),
     TableConfig(Offer, menu_group="Content", visible_columns=[Offer.chain, Offer.kind, Offer.subject],
                 hooks=[Hook(HookType.pre_patch, chains.guard_offer_patch)],
-                validators=Validators(delete_single=[chains.refuse_removing_from_live_chain])),
+                validators=Validators(delete_single=[chains.refuse_removing_from_live_chain], put_single=[_patch_only])),
     TableConfig(Enrollment, menu_group="Mail", visible_columns=[Enrollment.id, Enrollment.lead, Enrollment.chain, Enrollment.group, Enrollment.status, Enrollment.next_position, Enrollment.due_at],
                 visible_filters=[Enrollment.chain, Enrollment.status, Enrollment.group]),
     TableConfig(Delivery, menu_group="Mail", visible_columns=[Delivery.id, Delivery.enrollment, Delivery.step, Delivery.status, Delivery.variant, Delivery.to_address, Delivery.subject, Delivery.sent_at, Delivery.opened_at, Delivery.clicked_at],

@@ -134,3 +134,13 @@ async def test_two_chains_with_one_name_are_told_apart_by_id(client, catalog) ->
     ambiguous = await client.post(CHAIN_FORM_URL, headers=headers, json={"chain": chain.name, "action": "pause"})
     assert ambiguous.status_code >= 400 and "give the chain's id" in ambiguous.text
     assert (await Chain.objects().get(Chain.id == chain.id)).status == ChainStatus.active
+
+
+async def test_a_put_cannot_skip_the_checks(client, catalog) -> None:
+    chain = await _seo_chain()
+    step = await Step.objects().get((Step.chain == chain.id) & (Step.position == 1))
+    headers = await _admin_login(client)
+    for table, row_id in (("chain", chain.id), ("step", step.id)):
+        put = await client.put(f"/admin/api/tables/{table}/{row_id}/", headers=headers, json={"subject": "{{ x }}"})
+        assert put.status_code == 405, (table, put.text)
+    assert (await Step.objects().get(Step.id == step.id)).subject == step.subject
