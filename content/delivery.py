@@ -9,6 +9,8 @@ import logging
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
+from types import SimpleNamespace
+from typing import Any
 
 import aiosmtplib
 
@@ -32,12 +34,13 @@ from content.tables import (
     Suppression,
     SuppressionReason,
 )
-from landing.tables import Conversion, Event, Lead, LeadStage, Topic, TopicPreference
+from landing.tables import Event, Lead, LeadStage, Topic
 from landing.tokens import preferences_url, unsubscribe_url
 from scoring.tables import Score
 from server.settings import get_settings
 from piccolo.engine import engine_finder
 from piccolo.engine.sqlite import SQLiteEngine
+from piccolo.utils.encoding import dump_json
 
 log = logging.getLogger("leadkiln.delivery")
 
@@ -148,14 +151,15 @@ class ClaimLost(Exception):
 
 @dataclass(frozen=True)
 class Claim:
-    """The outcome of claiming a ledger row: ours to send, already settled elsewhere, or
-    held back by the lead's frequency cap until `wait_until`."""
+    """The outcome of claiming a ledger row: ours to send, already settled elsewhere, held
+    back by the lead's frequency cap until `wait_until`, or refused: the address is suppressed."""
 
     delivery_id: int | None
     existing_status: str = ""
     wait_until: datetime | None = None
     attempt: int = 0
     """Which attempt this claim is: the row stays ours only while it still says so."""
+    suppressed: bool = False
 
 
 _RECENT_LETTERS = """
@@ -188,9 +192,38 @@ async def _over_cap(lead_id: int, now: datetime) -> datetime | None:
     return max(oldest + window, now + timedelta(seconds=1))
 
 
+# The claim: a new row, or a failed one taken again; never for a suppressed address (checked
+# in the same statement, so an unsubscribe that lands before the claim always wins).
+_NEW_CLAIM = """
+INSERT INTO delivery (enrollment, step, lead, variant, links, status, offer_kind, to_address, subject, message_id,
+                      smtp_reply, attempts, reserved_at)
+SELECT {}, {}, {}, '', '[]', 'claimed', '', {}, '', '', '', 1, {}
+WHERE NOT EXISTS (SELECT 1 FROM suppression WHERE email_hash = {})
+ON CONFLICT DO NOTHING RETURNING id
+"""
+
+_FAILED_CLAIM = """
+UPDATE delivery SET status = 'claimed', attempts = attempts + 1, reserved_at = {}, lead = {}
+WHERE enrollment = {} AND step = {} AND status = 'failed'
+  AND NOT EXISTS (SELECT 1 FROM suppression WHERE email_hash = {})
+RETURNING id, attempts
+"""
+
+_LEDGER_ROW = """
+SELECT (SELECT status FROM delivery WHERE enrollment = {} AND step = {}) AS status,
+       EXISTS (SELECT 1 FROM suppression WHERE email_hash = {}) AS suppressed
+"""
+
+
 async def _claim(enrollment_id: int, step_id: int, lead_id: int, to_address: str, now: datetime) -> Claim:
-    """Claim the ledger row for (enrollment, step); only a new or a failed row can be claimed."""
+    """Claim the ledger row for (enrollment, step); only a new or a failed row can be claimed,
+    and none for a suppressed address."""
+    if get_settings().frequency_cap is None:
+        # One statement is atomic by itself: no transaction (and its round trips) needed.
+        return await _take(enrollment_id, step_id, lead_id, to_address, now)
     async with Delivery._meta.db.transaction():
+        if await is_suppressed(to_address):
+            return Claim(None, suppressed=True)
         wait_until = await _over_cap(lead_id, now)
         if wait_until is not None:
             existing = await Delivery.select(Delivery.status).where(
@@ -198,33 +231,25 @@ async def _claim(enrollment_id: int, step_id: int, lead_id: int, to_address: str
             if existing is None or existing["status"] == DeliveryStatus.failed:
                 return Claim(None, wait_until=wait_until)
             return Claim(None, existing["status"])
-        rows = (
-            await Delivery.insert(
-                Delivery(enrollment=enrollment_id, step=step_id, lead=lead_id, status=DeliveryStatus.claimed,
-                         to_address=to_address, attempts=1, reserved_at=now)
-            )
-            .on_conflict(action="DO NOTHING")
-            .returning(Delivery.id)
-        )
-        if rows:
-            return Claim(rows[0]["id"], attempt=1)
-        # A row exists: only a failed (never accepted) attempt may be claimed again, and the
-        # conditional update lets exactly one of two racing jobs have it.
-        rows = (
-            await Delivery.update(
-                {Delivery.status: DeliveryStatus.claimed, Delivery.attempts: Delivery.attempts + 1,
-                 Delivery.reserved_at: now, Delivery.lead: lead_id}
-            )
-            .where((Delivery.enrollment == enrollment_id) & (Delivery.step == step_id)
-                   & (Delivery.status == DeliveryStatus.failed))
-            .returning(Delivery.id, Delivery.attempts)
-        )
-        if rows:
-            return Claim(rows[0]["id"], attempt=rows[0]["attempts"])
-        existing = await Delivery.select(Delivery.status).where(
-            (Delivery.enrollment == enrollment_id) & (Delivery.step == step_id)
-        ).first()
-        return Claim(None, existing["status"] if existing else "")
+        return await _take(enrollment_id, step_id, lead_id, to_address, now)
+
+
+async def _take(enrollment_id: int, step_id: int, lead_id: int, to_address: str, now: datetime) -> Claim:
+    """The claim's statements: a new row, else a failed one, else what the row says."""
+    key = email_hash(to_address)
+    rows = await Delivery.raw(_NEW_CLAIM, enrollment_id, step_id, lead_id, to_address, now, key)
+    if rows:
+        return Claim(rows[0]["id"], attempt=1)
+    # A row exists (or the address is suppressed): only a failed (never accepted) attempt
+    # may be claimed again, and the conditional update lets exactly one of two racing jobs
+    # have it.
+    rows = await Delivery.raw(_FAILED_CLAIM, now, lead_id, enrollment_id, step_id, key)
+    if rows:
+        return Claim(rows[0]["id"], attempt=rows[0]["attempts"])
+    row = (await Delivery.raw(_LEDGER_ROW, enrollment_id, step_id, key))[0]
+    if row["suppressed"]:
+        return Claim(None, suppressed=True)
+    return Claim(None, row["status"] or "")
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -265,9 +290,8 @@ async def _not_delivered(delivery_id: int, enrollment: Enrollment, reason: str, 
 
 
 async def _exit(enrollment_id: int, reason: str, status: EnrollmentStatus = EnrollmentStatus.exited) -> None:
-    await Enrollment.update({Enrollment.status: status, Enrollment.exit_reason: reason, Enrollment.due_at: None}).where(
-        Enrollment.id == enrollment_id
-    )
+    await Enrollment.raw("UPDATE enrollment SET status = {}, exit_reason = {}, due_at = NULL WHERE id = {}",
+                         status.value, reason, enrollment_id)
 
 
 async def _advance(enrollment_id: int, chain_id: int, position: int, sent_at: datetime,
@@ -304,16 +328,14 @@ STAGE_RANK = {LeadStage.new: 0, LeadStage.contacted: 1, LeadStage.qualified: 2, 
 """How far sales have taken a lead; a chain's exit stage is reached at its rank or beyond."""
 
 
-async def exit_reason(enrollment: Enrollment, chain: Chain, lead: Lead) -> str:
+def exit_reason(converted: bool, lead_stage: str, exit_stage: str, left_topic: bool) -> str:
     """Why the lead should leave the chain before its next letter, or "" to go on: it
     converted since joining, sales took it to the chain's exit stage, or it left the topic."""
-    if await Conversion.exists().where((Conversion.lead == lead.id) & (Conversion.occurred_at >= enrollment.enrolled_at)):
+    if converted:
         return "converted"
-    if chain.exit_stage and STAGE_RANK.get(lead.stage, 0) >= STAGE_RANK.get(chain.exit_stage, 99):
-        return f"stage {lead.stage}"
-    if await TopicPreference.exists().where(
-        (TopicPreference.lead == lead.id) & (TopicPreference.topic == chain.topic) & (TopicPreference.subscribed == False)  # noqa: E712
-    ):
+    if exit_stage and STAGE_RANK.get(lead_stage, 0) >= STAGE_RANK.get(exit_stage, 99):
+        return f"stage {lead_stage}"
+    if left_topic:
         return "left the topic"
     return ""
 
@@ -324,42 +346,125 @@ async def _defer(enrollment_id: int, until: datetime, why: str) -> SendResult:
     return SendResult(Outcome.deferred, f"{why}: until {until.isoformat()}")
 
 
+# Everything a due step needs, in one statement: the enrollment; its chain (its status read
+# here every time, so a paused chain stops at once); the first step at or after the
+# enrollment's place (a step renumbered or deleted in a live chain moves the lead on instead
+# of ending its chain); the lead; the exit rules' facts; the topic; and on an offer step the
+# hot or the cold offer by the lead's score on the chain's topic.
+_DUE_LETTER = """
+SELECT e.id AS e_id, e.status AS e_status, e."group" AS e_group, e.variant AS e_variant,
+       e.next_position AS e_next_position, e.due_at AS e_due_at,
+       c.id AS c_id, c.name AS c_name, c.status AS c_status, c.topic AS c_topic, c.exit_stage AS c_exit_stage,
+       c.timezone AS c_timezone, c.send_window_start AS c_send_window_start,
+       c.send_window_end AS c_send_window_end, c.send_weekdays AS c_send_weekdays,
+       c.sender_name AS c_sender_name, c.sender_email AS c_sender_email,
+       s.id AS s_id, s.position AS s_position, s.kind AS s_kind, s.subject AS s_subject,
+       s.body_markdown AS s_body_markdown, s.subject_b AS s_subject_b, s.body_markdown_b AS s_body_markdown_b,
+       l.id AS l_id, l.email AS l_email, l.first_name AS l_first_name, l.last_name AS l_last_name,
+       l.company AS l_company, l.role AS l_role, l.timezone AS l_timezone, l.stage AS l_stage,
+       l.historical AS l_historical, l.erased_at AS l_erased_at,
+       t.name AS t_name, t.slug AS t_slug,
+       o.kind AS o_kind, o.subject AS o_subject, o.body_markdown AS o_body_markdown,
+       o.call_to_action_url AS o_call_to_action_url,
+       EXISTS (SELECT 1 FROM conversion v WHERE v.lead = e.lead AND v.occurred_at >= e.enrolled_at) AS x_converted,
+       EXISTS (SELECT 1 FROM topic_preference p
+               WHERE p.lead = e.lead AND p.topic = c.topic AND p.subscribed = FALSE) AS x_left_topic
+FROM enrollment e
+JOIN chain c ON c.id = e.chain
+JOIN lead l ON l.id = e.lead
+LEFT JOIN topic t ON t.id = c.topic
+LEFT JOIN step s ON s.id = (SELECT id FROM step WHERE chain = e.chain AND position >= e.next_position
+                            ORDER BY position LIMIT 1)
+LEFT JOIN score sc ON s.kind = 'offer' AND sc.lead = e.lead AND sc.topic = c.topic
+LEFT JOIN offer o ON s.kind = 'offer' AND o.chain = c.id
+                 AND o.kind = CASE WHEN sc.combined >= c.hot_threshold THEN 'hot' ELSE 'cold' END
+WHERE e.id = {}
+"""
+
+
+@dataclass(frozen=True)
+class _DueLetter:
+    """The row of `_DUE_LETTER`, by table: plain values (SQLite's timestamps may be ISO text)."""
+
+    enrollment: SimpleNamespace
+    chain: SimpleNamespace
+    step: SimpleNamespace | None
+    lead: SimpleNamespace
+    topic: SimpleNamespace | None
+    offer: SimpleNamespace | None
+    converted: bool
+    left_topic: bool
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> "_DueLetter":
+        parts: dict[str, dict[str, Any]] = {"e": {}, "c": {}, "s": {}, "l": {}, "t": {}, "o": {}, "x": {}}
+        for key, value in row.items():
+            parts[key[0]][key[2:]] = value
+        step, topic, offer = parts["s"], parts["t"], parts["o"]
+        return cls(
+            SimpleNamespace(**parts["e"]), SimpleNamespace(**parts["c"]),
+            SimpleNamespace(**step) if step["id"] is not None else None,
+            SimpleNamespace(**parts["l"]),
+            SimpleNamespace(**topic) if topic["name"] is not None else None,
+            SimpleNamespace(**offer) if offer["kind"] is not None else None,
+            bool(parts["x"]["converted"]), bool(parts["x"]["left_topic"]),
+        )
+
+
+def _instant(value: Any) -> datetime | None:
+    """A timestamp from a raw query (SQLite may give ISO text), aware in UTC."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+_IN_FLIGHT = """
+UPDATE delivery SET status = 'sending', message_id = {}, subject = {}, offer_kind = {}, variant = {}, links = {},
+                    reserved_at = {}
+WHERE id = {} AND status = 'claimed' AND attempts = {} RETURNING id
+"""
+
+
 async def send_due_step(enrollment_id: int, relay: Relay, now: datetime | None = None) -> SendResult:
     """Send the enrollment's next letter if due; safe to call twice for the same step."""
     now = now or utcnow()
-    enrollment = await Enrollment.objects().where(Enrollment.id == enrollment_id).first()
-    if enrollment is None or enrollment.status != EnrollmentStatus.active:
+    rows = await Enrollment.raw(_DUE_LETTER, enrollment_id)
+    if not rows or rows[0]["e_status"] != EnrollmentStatus.active:
         return SendResult(Outcome.already, "enrollment not active")
-    if enrollment.group != EnrollmentGroup.treatment or enrollment.due_at is None or enrollment.due_at > now:
+    due = _DueLetter.of(rows[0])
+    enrollment, chain, step, lead = due.enrollment, due.chain, due.step, due.lead
+    due_at = _instant(enrollment.due_at)
+    if enrollment.group != EnrollmentGroup.treatment or due_at is None or due_at > now:
         return SendResult(Outcome.not_due)
-    chain = await Chain.objects().get(Chain.id == enrollment.chain)
     if chain.status != ChainStatus.active:
         # Paused: the step stays due and is sent on resume; its ledger row keeps it single.
         return SendResult(Outcome.not_due, f"chain is {chain.status}")
-    # The first step at or after the enrollment's place: a step renumbered or deleted in a
-    # live chain moves the lead on instead of ending its chain.
-    step = (await Step.objects().where((Step.chain == chain.id) & (Step.position >= enrollment.next_position))
-            .order_by(Step.position).first())
     if step is None:
         await _exit(enrollment.id, "no more steps", EnrollmentStatus.completed)
         return SendResult(Outcome.completed)
-    lead = await Lead.objects().get(Lead.id == enrollment.lead)
     if not lead.email or lead.historical or lead.erased_at is not None:
         await _exit(enrollment.id, "no address")
         return SendResult(Outcome.exited, "no address")
-    if await is_suppressed(lead.email):
-        await _exit(enrollment.id, "suppressed")
-        return SendResult(Outcome.exited, "suppressed")
-    reason = await exit_reason(enrollment, chain, lead)
-    if reason:
-        await _exit(enrollment.id, reason)
-        return SendResult(Outcome.exited, reason)
+    reason = exit_reason(due.converted, lead.stage, chain.exit_stage, due.left_topic)
     opens = next_send_time(now, lead.timezone if zone(lead.timezone) else chain.timezone,
                            chain.send_window_start, chain.send_window_end, chain.send_weekdays)
-    if opens > now:
+    if reason or opens > now:
+        # A suppressed address leaves before anything else; on the way to a letter, the
+        # claim itself checks it.
+        if await is_suppressed(lead.email):
+            await _exit(enrollment.id, "suppressed")
+            return SendResult(Outcome.exited, "suppressed")
+        if reason:
+            await _exit(enrollment.id, reason)
+            return SendResult(Outcome.exited, reason)
         return await _defer(enrollment.id, opens, "outside the send window")
 
     claim = await _claim(enrollment.id, step.id, lead.id, lead.email, now)
+    if claim.suppressed:
+        await _exit(enrollment.id, "suppressed")
+        return SendResult(Outcome.exited, "suppressed")
     if claim.wait_until is not None:
         return await _defer(enrollment.id, claim.wait_until, "frequency cap")
     if claim.delivery_id is None:
@@ -376,7 +481,8 @@ async def send_due_step(enrollment_id: int, relay: Relay, now: datetime | None =
     # name, the database, a refusal, a cancelled job) means nothing was sent: the row goes
     # back to failed and the letter is retried.
     try:
-        composed = await compose(chain, step, lead, delivery_id, enrollment.id, enrollment.variant, now)
+        composed = compose_letter(chain, step, lead, due.topic, due.offer, delivery_id, enrollment.id,
+                                  enrollment.variant, now)
     except BaseException as exc:
         reason = f"not sent: {type(exc).__name__}: {exc}"
         log.error("chain %s step %s: %s", chain.id, step.position, reason)
@@ -394,12 +500,9 @@ async def send_due_step(enrollment_id: int, relay: Relay, now: datetime | None =
         # that waited so long for a connection that its claim was released (and maybe
         # taken by another job) must not send.
         nonlocal handed_over
-        taken = await Delivery.update(
-            {Delivery.status: DeliveryStatus.sending, Delivery.message_id: str(composed.message["Message-ID"]),
-             Delivery.subject: composed.subject[:300], Delivery.offer_kind: composed.offer_kind,
-             Delivery.variant: composed.variant, Delivery.links: composed.links, Delivery.reserved_at: utcnow()}
-        ).where((Delivery.id == delivery_id) & (Delivery.status == DeliveryStatus.claimed)
-                & (Delivery.attempts == claim.attempt)).returning(Delivery.id)
+        taken = await Delivery.raw(
+            _IN_FLIGHT, str(composed.message["Message-ID"]), composed.subject[:300], composed.offer_kind,
+            composed.variant, dump_json(composed.links), utcnow(), delivery_id, claim.attempt)
         if not taken:
             raise ClaimLost(f"delivery {delivery_id}: the claim was released while the letter waited")
         handed_over = True
@@ -474,15 +577,21 @@ async def compose(chain: Chain, step: Step, lead: Lead, delivery_id: int, enroll
     """The letter for this step (the hot or cold offer on an offer step), as a MIME message
     with tracked links and an open pixel."""
     topic = await Topic.objects().where(Topic.id == chain.topic).first()
+    offer = await choose_offer(chain, lead.id) if step.kind == StepKind.offer else None
+    return compose_letter(chain, step, lead, topic, offer, delivery_id, enrollment_id, variant, now, tracked, message_id)
+
+
+def compose_letter(chain: Any, step: Any, lead: Any, topic: Any, offer: Any, delivery_id: int, enrollment_id: int,
+                   variant: str, now: datetime, tracked: bool = True, message_id: str | None = None) -> Composed:
+    """`compose` with the topic and the chosen offer (None: not an offer step, or no such
+    offer) already read; rows or anything with their fields."""
     subject, body, variant = step_version(step, variant)
     offer_kind = ""
     context = lead_context(lead, topic, chain) | {"unsubscribe_url": unsubscribe_url(lead.id),
                                                   "preferences_url": preferences_url(lead.id)}
-    if step.kind == StepKind.offer:
-        offer = await choose_offer(chain, lead.id)
-        if offer is not None:
-            subject, body, offer_kind, variant = offer.subject, offer.body_markdown, offer.kind, ""
-            context["offer"] = {"url": offer.call_to_action_url}
+    if step.kind == StepKind.offer and offer is not None:
+        subject, body, offer_kind, variant = offer.subject, offer.body_markdown, offer.kind, ""
+        context["offer"] = {"url": offer.call_to_action_url}
     letter = render_letter(subject, body, context, where=f"step {step.position}")
     links: list[str] = []
     if tracked:
@@ -500,14 +609,52 @@ async def compose(chain: Chain, step: Step, lead: Lead, delivery_id: int, enroll
     return Composed(build_message(letter, envelope, sent_at=now), letter.subject, offer_kind, variant, links)
 
 
+# Sent, and the step after it as it is now (read in the same transaction: a step added or
+# moved while the letter waited for the relay counts).
+_SENT = """
+UPDATE delivery SET status = 'sent', sent_at = {}, smtp_reply = {} WHERE id = {}
+RETURNING (SELECT position FROM step WHERE chain = {} AND position > {} ORDER BY position LIMIT 1) AS next_position,
+          (SELECT delay_minutes FROM step WHERE chain = {} AND position > {} ORDER BY position LIMIT 1) AS next_delay
+"""
+
+_MOVE_ON = "UPDATE enrollment SET next_position = {}, due_at = {} WHERE id = {} AND next_position = {} RETURNING id"
+
+# PostgreSQL does both in one statement, atomic by itself: one round trip instead of four.
+_SENT_AND_MOVED_ON = """
+WITH sent AS (UPDATE delivery SET status = 'sent', sent_at = {}, smtp_reply = {} WHERE id = {} RETURNING id),
+next AS (SELECT position, delay_minutes FROM step WHERE chain = {} AND position > {} ORDER BY position LIMIT 1),
+moved AS (UPDATE enrollment SET next_position = next.position,
+                                due_at = CAST({} AS timestamptz) + make_interval(mins => next.delay_minutes)
+          FROM next WHERE enrollment.id = {} AND enrollment.next_position = {} RETURNING enrollment.id),
+finished AS (UPDATE enrollment SET status = 'completed', exit_reason = 'finished', due_at = NULL
+             WHERE id = {} AND NOT EXISTS (SELECT 1 FROM next) RETURNING id)
+SELECT (SELECT position FROM next) AS next_position, (SELECT delay_minutes FROM next) AS next_delay,
+       EXISTS (SELECT 1 FROM moved) AS moved
+"""
+
+
 async def _record_sent(delivery_id: int, enrollment_id: int, chain_id: int, position: int, reply: str,
                        from_position: int) -> EnrollmentDue | None:
     sent_at = utcnow()
+    if not isinstance(engine_finder(), SQLiteEngine):
+        row = (await Delivery.raw(_SENT_AND_MOVED_ON, sent_at, reply[:500], delivery_id, chain_id, position,
+                                  sent_at, enrollment_id, from_position, enrollment_id))[0]
+        if row["next_position"] is None or not row["moved"]:
+            return None
+        return EnrollmentDue(enrollment_id, row["next_position"], sent_at + timedelta(minutes=row["next_delay"]))
     async with Delivery._meta.db.transaction():
-        await Delivery.update(
-            {Delivery.status: DeliveryStatus.sent, Delivery.sent_at: sent_at, Delivery.smtp_reply: reply[:500]}
-        ).where(Delivery.id == delivery_id)
-        return await _advance(enrollment_id, chain_id, position, sent_at, from_position)
+        rows = await Delivery.raw(_SENT, sent_at, reply[:500], delivery_id, chain_id, position, chain_id, position)
+        if not rows:
+            # The row is gone (its enrollment or step deleted meanwhile): move on all the same.
+            return await _advance(enrollment_id, chain_id, position, sent_at, from_position)
+        next_position = rows[0]["next_position"]
+        if next_position is None:
+            await _exit(enrollment_id, "finished", EnrollmentStatus.completed)
+            return None
+        due_at = sent_at + timedelta(minutes=rows[0]["next_delay"])
+        # Only an enrollment still at that place moves: a late duplicate job must not move a lead back.
+        moved = await Enrollment.raw(_MOVE_ON, next_position, due_at, enrollment_id, from_position)
+    return EnrollmentDue(enrollment_id, next_position, due_at) if moved else None
 
 
 async def _bounce(delivery_id: int, email: str, reply: str) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markdown_it import MarkdownIt
 
@@ -16,10 +17,12 @@ _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typograp
 
 _TEMPLATE_TAG = re.compile(r"(\{\{.*?\}\}|\{%.*?%\})", re.S)
 
+_CACHED_TEMPLATES = 1024
+"""Compiled templates kept per process (a subject, a text and an HTML body per step version
+and offer): keyed by their source, so an edit in the admin is a new entry, never a stale one."""
+
 def _default(value: Any, default_value: Any = "", boolean: bool = True) -> Any:
     """`default` for personalisation: a blank field ("" or None) counts as missing too."""
-    from jinja2 import Undefined
-
     if isinstance(value, Undefined) or (boolean and not value):
         return default_value
     return value
@@ -64,6 +67,7 @@ def markdown_to_html(text: str) -> str:
     return _markdown.render(text)
 
 
+@lru_cache(maxsize=_CACHED_TEMPLATES)
 def markdown_to_html_template(body_markdown: str) -> str:
     """Convert a Markdown letter body to an HTML Jinja2 template, keeping its tags."""
     protected, tags = _protect_tags(body_markdown)
@@ -73,9 +77,17 @@ def markdown_to_html_template(body_markdown: str) -> str:
     return html
 
 
+@lru_cache(maxsize=_CACHED_TEMPLATES)
+def _compiled(env: ImmutableSandboxedEnvironment, source: str) -> Template:
+    """A template compiled once per source and kept: compiling is most of a letter's
+    rendering, and every lead of a step gets the same one. A source that does not compile
+    raises each time (lru_cache keeps no exceptions), so its error is never stale."""
+    return env.from_string(source)
+
+
 def _render(env: ImmutableSandboxedEnvironment, source: str, context: dict[str, Any], where: str) -> str:
     try:
-        return env.from_string(source).render(**context)
+        return _compiled(env, source).render(**context)
     except TemplateError as exc:
         line = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
         raise LetterTemplateError(f"{where}{line}: {exc.message or exc}") from None
