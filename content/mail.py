@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.policy
 import random
 import sys
@@ -362,10 +363,8 @@ async def _quit(client: aiosmtplib.SMTP) -> None:
 
 def _discard(client: aiosmtplib.SMTP) -> None:
     """Close without a word: the connection is broken or its state unknown."""
-    try:
+    with contextlib.suppress(OSError, RuntimeError):  # a transport already gone, or its loop closed
         client.close()
-    except Exception:
-        pass
 
 
 def address_of(value: str) -> str:
