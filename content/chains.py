@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from content.tables import (
@@ -171,11 +171,13 @@ LIMIT {}
 _BEGINNING = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def _instant(value: object) -> datetime:
-    """A timestamp from a raw query (SQLite gives ISO text)."""
+def instant(value: Any) -> datetime | None:
+    """A timestamp read back from the database, aware in UTC (SQLite's raw queries give ISO
+    text; None stays None)."""
+    if value is None:
+        return None
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
@@ -185,7 +187,7 @@ async def due_enrollments(now: datetime | None = None, limit: int = 10_000,
     first, the page after `after`: the database, not Redis, decides."""
     since, since_id = (after.due_at, after.enrollment_id) if after is not None else (_BEGINNING, 0)
     rows = await Enrollment.raw(_DUE, now or utcnow(), since, since, since_id, limit)
-    return [EnrollmentDue(r["id"], r["position"], _instant(r["due_at"])) for r in rows]
+    return [EnrollmentDue(r["id"], r["position"], instant(r["due_at"])) for r in rows]
 
 
 async def all_due(now: datetime | None = None, page: int = 10_000, most: int = 1_000_000):

@@ -7,14 +7,14 @@ import enum
 import hashlib
 import logging
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from types import SimpleNamespace
 from typing import Any
 
 import aiosmtplib
 
-from content.chains import EnrollmentDue, next_send_time, utcnow, zone
+from content.chains import EnrollmentDue, instant, next_send_time, utcnow, zone
 from content.letters import render_letter
 from content.mail import DeliveryUncertain, Envelope, Relay, SmtpReplyError, address_of, build_message
 from content.throttle import ThrottleBusy, ThrottleUnavailable
@@ -184,12 +184,7 @@ async def _over_cap(lead_id: int, now: datetime) -> datetime | None:
     row = (await Delivery.raw(_RECENT_LETTERS, lead_id, now - window))[0]
     if row["n"] < cap.count:
         return None
-    oldest = row["oldest"]
-    if isinstance(oldest, str):
-        oldest = datetime.fromisoformat(oldest)
-    if oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=timezone.utc)
-    return max(oldest + window, now + timedelta(seconds=1))
+    return max(instant(row["oldest"]) + window, now + timedelta(seconds=1))
 
 
 # The claim: a new row, or a failed one taken again; never for a suppressed address (checked
@@ -411,15 +406,6 @@ class _DueLetter:
         )
 
 
-def _instant(value: Any) -> datetime | None:
-    """A timestamp from a raw query (SQLite may give ISO text), aware in UTC."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
 _IN_FLIGHT = """
 UPDATE delivery SET status = 'sending', message_id = {}, subject = {}, offer_kind = {}, variant = {}, links = {},
                     reserved_at = {}
@@ -435,7 +421,7 @@ async def send_due_step(enrollment_id: int, relay: Relay, now: datetime | None =
         return SendResult(Outcome.already, "enrollment not active")
     due = _DueLetter.of(rows[0])
     enrollment, chain, step, lead = due.enrollment, due.chain, due.step, due.lead
-    due_at = _instant(enrollment.due_at)
+    due_at = instant(enrollment.due_at)
     if enrollment.group != EnrollmentGroup.treatment or due_at is None or due_at > now:
         return SendResult(Outcome.not_due)
     if chain.status != ChainStatus.active:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any
+from datetime import datetime
 
+from content.chains import instant
 from content.delivery import choose_offer, lead_context, step_version
 from content.experiments import Comparison, compare
 from content.letters import RenderedLetter, render_letter
@@ -117,14 +117,6 @@ class ChainResults:
     """Per A/B step: B's click rate against A's, among delivered letters."""
 
 
-def _instant(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
 async def chain_results(chain_id: int, confidence: float = 0.95) -> ChainResults:
     """Per-step funnel and the chain's experiments, from the ledger, enrollments and conversions."""
     enrollments = await Enrollment.select(
@@ -140,7 +132,7 @@ async def chain_results(chain_id: int, confidence: float = 0.95) -> ChainResults
     first_conversion: dict[int, list[datetime]] = defaultdict(list)
     if lead_ids:
         for row in await Conversion.select(Conversion.lead, Conversion.occurred_at).where(Conversion.lead.is_in(lead_ids)):
-            first_conversion[row["lead"]].append(_instant(row["occurred_at"]))
+            first_conversion[row["lead"]].append(instant(row["occurred_at"]))
 
     position_of = {s["id"]: s["position"] for s in steps}
     results: dict[tuple[int, str], StepResult] = {}
@@ -167,13 +159,13 @@ async def chain_results(chain_id: int, confidence: float = 0.95) -> ChainResults
         result.opened += d["opened_at"] is not None
         result.clicked += d["clicked_at"] is not None
         if d["status"] == DeliveryStatus.sent and d["sent_at"] is not None:
-            by_enrollment[d["enrollment"]].append({"key": (position, version), "sent_at": _instant(d["sent_at"])})
+            by_enrollment[d["enrollment"]].append({"key": (position, version), "sent_at": instant(d["sent_at"])})
 
     enrolled = {"treatment": 0, "control": 0}
     converted = {"treatment": 0, "control": 0}
     by_variant = {"A": [0, 0], "B": [0, 0]}  # [enrolled, converted] among treatment
     for e in enrollments:
-        joined = _instant(e["enrolled_at"])
+        joined = instant(e["enrolled_at"])
         conversions = sorted(t for t in first_conversion.get(e["lead"], []) if t >= joined)
         group = e["group"]
         enrolled[group] = enrolled.get(group, 0) + 1
