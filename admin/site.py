@@ -13,8 +13,9 @@ from piccolo_api.session_auth.tables import SessionsBase
 from piccolo_api.media.local import LocalMediaStorage
 
 from admin import webhooks
-from admin.forms import api_key, chains, lead_rights
-from admin.tables import HotAlert, WebhookDelivery, WebhookEndpoint
+from admin.forms import api_key, chains, lead_rights, staff
+from admin.roles import RoleGuard
+from admin.tables import HotAlert, StaffRole, WebhookDelivery, WebhookEndpoint, WeeklyReport
 from content.tables import (
     Chain,
     ChainWait,
@@ -40,6 +41,10 @@ def _read_only(piccolo_crud, request) -> None:
 
 def _made_by_form(piccolo_crud, request) -> None:
     raise HTTPException(status_code=405, detail="Make keys with the 'Create API key' form: it shows the key once.")
+
+
+def _staff_by_form(piccolo_crud, request) -> None:
+    raise HTTPException(status_code=405, detail="Set roles with the 'Add a staff user' and 'Change a staff user' forms.")
 
 
 def _patch_only(piccolo_crud, request) -> None:
@@ -119,7 +124,13 @@ TABLES = [
     TableConfig(ScoreHistory, menu_group="Scoring", visible_filters=[ScoreHistory.lead, ScoreHistory.topic]),
     TableConfig(ApiKey, menu_group="System", visible_columns=[ApiKey.id, ApiKey.name, ApiKey.prefix, ApiKey.scope, ApiKey.active, ApiKey.last_used_at],
                 validators=Validators(post_single=[_made_by_form])),
-    TableConfig(BaseUser, menu_group="System"),
+    TableConfig(BaseUser, menu_group="System", visible_columns=[BaseUser.id, BaseUser.username, BaseUser.email, BaseUser.active,
+                                                                BaseUser.superuser, BaseUser.last_login]),
+    TableConfig(StaffRole, menu_group="System", visible_columns=[StaffRole.id, StaffRole.user, StaffRole.role, StaffRole.updated_at],
+                validators=Validators(post_single=[_staff_by_form], put_single=[_staff_by_form], patch_single=[_staff_by_form])),
+    TableConfig(WeeklyReport, menu_group="Sales", visible_columns=[WeeklyReport.week_start, WeeklyReport.status, WeeklyReport.recipients,
+                                                                   WeeklyReport.attempts, WeeklyReport.sent_at, WeeklyReport.error],
+                order_by=[OrderBy(WeeklyReport.week_start, ascending=False)], validators=READ_ONLY),
     TableConfig(HotAlert, menu_group="Sales", visible_columns=[HotAlert.id, HotAlert.lead, HotAlert.topic, HotAlert.status,
                                                               HotAlert.to_address, HotAlert.subject, HotAlert.sent_at],
                 visible_filters=[HotAlert.status, HotAlert.lead, HotAlert.topic], order_by=[OrderBy(HotAlert.id, ascending=False)],
@@ -142,7 +153,12 @@ ADMIN_APP = create_admin(
     session_table=SessionsBase,
     site_name="leadkiln",
     production=get_settings().public_url.startswith("https://"),
-    forms=[api_key.FORM, lead_rights.EXPORT_FORM, lead_rights.ERASE_FORM, chains.CHAIN_FORM, chains.PREVIEW_FORM, chains.TEST_FORM],
-    sidebar_links={"Landing pages": "/"},
+    forms=[api_key.FORM, lead_rights.EXPORT_FORM, lead_rights.ERASE_FORM, chains.CHAIN_FORM, chains.PREVIEW_FORM, chains.TEST_FORM,
+           staff.ADD_FORM, staff.CHANGE_FORM],
+    sidebar_links={"Desk: hot leads": "/desk/hot", "Desk: dashboard": "/desk/dashboard", "Desk: chains": "/desk/chains",
+                   "Desk: scoring": "/desk/scoring", "Landing pages": "/"},
 )
-"""The admin ASGI app: login required for everything under /admin/."""
+"""piccolo-admin itself: login required for everything under /admin/."""
+
+GUARDED_ADMIN = RoleGuard(ADMIN_APP)
+"""What /admin/ serves: piccolo-admin behind the role policy (admin/roles.py)."""

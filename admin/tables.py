@@ -1,4 +1,4 @@
-"""Hand-off tables: the letter to sales for each lead that turned hot, CRM webhooks and their delivery log."""
+"""Admin tables: hot-lead letters to sales, CRM webhooks and their log, staff roles, the weekly report's ledger."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from piccolo.columns import (
 )
 from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.columns.readable import Readable
+from piccolo.apps.user.tables import BaseUser
 from piccolo.table import Table
 
 from landing.tables import Event, Lead, Topic
@@ -98,3 +99,40 @@ class WebhookDelivery(Table):
     history = Text(default="", help_text="One line per attempt: when, and what came back.")
     created_at = Timestamptz(default=TimestamptzNow())
     delivered_at = Timestamptz(null=True, default=None)
+
+
+class Role(str, Enum):
+    """What a staff user may do: see admin/roles.py for the whole policy."""
+
+    admin = "admin"
+    """Everything, including users, API keys, webhooks and training."""
+    sales = "sales"
+    """Leads, hot leads, stages and owners, lead exports and erasure; chains read-only."""
+    content = "content"
+    """Ebooks, landing pages, chains and their results; no lead exports or erasure."""
+
+
+class StaffRole(Table):
+    """A staff user's role; a user without one is refused everywhere but a superuser (an admin)."""
+
+    user = ForeignKey(references=BaseUser, on_delete=OnDelete.cascade, unique=True, index=True)
+    role = Varchar(length=10, choices=Role, default=Role.sales)
+    updated_at = Timestamptz(default=TimestamptzNow(), auto_update=TimestamptzNow().python)
+
+
+class ReportStatus(str, Enum):
+    sending = "sending"
+    sent = "sent"
+    failed = "failed"
+
+
+class WeeklyReport(Table):
+    """The weekly sales report's send ledger: one row per week, so a schedule never sends it twice."""
+
+    week_start = Varchar(length=10, unique=True, help_text="The Monday that starts the reported week (YYYY-MM-DD).")
+    status = Varchar(length=10, choices=ReportStatus, default=ReportStatus.sending)
+    recipients = Text(default="")
+    error = Text(default="")
+    attempts = Integer(default=0)
+    sent_at = Timestamptz(null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow())

@@ -156,3 +156,16 @@ class UrlTopic(Table):
     event_type = Varchar(length=40, default="page_view", help_text="page_view, or pricing_view for pricing pages.")
     priority = Integer(default=100, help_text="Lower first; the first matching pattern wins.")
     active = Boolean(default=True)
+
+
+class LeadChange(Table):
+    """A change of a lead's stage or owner: who made it and when (stages are the model's labels)."""
+
+    lead = ForeignKey(references=Lead, on_delete=OnDelete.cascade, index=True)
+    field = Varchar(length=20, help_text="stage or owner")
+    old_value = Varchar(length=200, default="")
+    new_value = Varchar(length=200, default="")
+    changed_by = ForeignKey(references=BaseUser, null=True, default=None, on_delete=OnDelete.set_null)
+    changed_by_name = Varchar(length=100, default="", help_text="The user's name when the change was made, kept if the user is deleted.")
+    via = Varchar(length=20, default="desk", help_text="desk, admin table, import")
+    changed_at = Timestamptz(default=TimestamptzNow(), index=True)

@@ -31,7 +31,8 @@ from server.settings import get_settings
 
 log = logging.getLogger("leadkiln.server")
 
-TEMPLATE_DIRS = [Path(__file__).resolve().parent.parent / "landing" / "templates"]
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE_DIRS = [ROOT / "landing" / "templates", ROOT / "admin" / "templates"]
 
 
 @asynccontextmanager
@@ -83,7 +84,8 @@ def not_found(request: Request, exc: NotFoundException) -> Response:
 
 def create_app() -> Litestar:
     """Compose the web app from the domains."""
-    from admin.site import ADMIN_APP
+    from admin.desk import desk_router
+    from admin.site import GUARDED_ADMIN
     from landing.api import SECURITY_COMPONENTS, ApiController, snippet
     from landing.controllers import (
         ConfirmController,
@@ -105,7 +107,7 @@ def create_app() -> Litestar:
                         "headers": [(b"location", b"/admin/"), (b"content-length", b"0")]})
             await send({"type": "http.response.body", "body": b""})
             return
-        await ADMIN_APP(scope, receive, send)  # type: ignore[arg-type]
+        await GUARDED_ADMIN(scope, receive, send)  # type: ignore[arg-type]
 
     settings = get_settings()
     covers = settings.data_dir / "media" / "covers"
@@ -115,7 +117,7 @@ def create_app() -> Litestar:
     return Litestar(
         route_handlers=[index, favicon, LandingController, DownloadController, ConfirmController, PreferencesController,
                         RightsController, UnsubscribeController, TrackingController, ApiController, snippet, media,
-                        health, admin],
+                        health, admin, desk_router()],
         dependencies={"arq": Provide(provide_arq, sync_to_thread=False)},
         lifespan=[lifespan],
         template_config=TemplateConfig(directory=TEMPLATE_DIRS, engine=JinjaTemplateEngine),

@@ -15,7 +15,7 @@ import httpx
 
 # Children first, so deletes never trip a foreign key.
 TABLES_IN_DELETE_ORDER = [
-    "hot_alert", "webhook_delivery", "webhook_endpoint",
+    "hot_alert", "lead_change", "staff_role", "weekly_report", "webhook_delivery", "webhook_endpoint",
     "delivery", "enrollment", "chain_wait", "notice", "download_link", "offer", "step", "chain", "landing_page", "ebook",
     "score_history", "score", "scoring_model", "scoring_rule", "lead_attribute",
     "consent", "conversion", "event", "visitor", "topic_preference", "lead", "url_topic", "api_key", "topic",

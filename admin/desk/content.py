@@ -1,0 +1,3 @@
+"""Desk pages: content (being built)."""
+
+HANDLERS: list = []

@@ -1,0 +1,3 @@
+"""Desk pages: report (being built)."""
+
+HANDLERS: list = []

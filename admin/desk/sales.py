@@ -1,0 +1,3 @@
+"""Desk pages: sales (being built)."""
+
+HANDLERS: list = []

@@ -1,0 +1,3 @@
+"""Desk pages: scoring (being built)."""
+
+HANDLERS: list = []
