@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import msgspec
 from arq.connections import ArqRedis
 from litestar import Controller, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
 from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
@@ -130,14 +132,14 @@ async def create_api_key(name: str, scope: ApiKeyScope, allowed_origins: str = "
     return key
 
 
-def _key_from(request: Request, body_key: str | None) -> str:
+def _key_from(request: ASGIConnection, body_key: str | None) -> str:
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip()
     return request.headers.get("x-api-key", "") or body_key or ""
 
 
-async def authenticate(request: Request, body_key: str | None) -> ApiKey:
+async def authenticate(request: ASGIConnection, body_key: str | None) -> ApiKey:
     """The active key the request carries, or 401; a browser key used from another site, 403."""
     key = _key_from(request, body_key)
     if not key:
@@ -150,6 +152,13 @@ async def authenticate(request: Request, body_key: str | None) -> ApiKey:
     if api_key.scope == ApiKeyScope.browser and origin and allowed and origin.rstrip("/") not in allowed:
         raise PermissionDeniedException(f"This key does not accept events from {origin[:100]}.")
     return api_key
+
+
+async def server_key_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """A guard: the key is checked before the parameters, so an anonymous call learns nothing."""
+    api_key = await authenticate(connection, None)
+    if api_key.scope != ApiKeyScope.server:
+        raise PermissionDeniedException("Reading leads needs a server key.")
 
 
 _patterns: tuple[float, list[dict[str, Any]]] = (0.0, [])
@@ -305,16 +314,14 @@ class ApiController(Controller):
                 pass
         return accepted
 
-    @get("/leads/{lead_id:int}", security=[{"ApiKey": []}], responses=_refusals(401, 403, 404))
+    @get("/leads/{lead_id:int}", security=[{"ApiKey": []}], responses=_refusals(401, 403, 404), guards=[server_key_only])
     async def lead(self, request: Request, lead_id: Annotated[int, Parameter(ge=1, le=2**31 - 1)]) -> LeadOut:
         """A lead and its scores per topic (server keys only)."""
-        await _server_key(request)
         return await _lead_out(lead_id)
 
-    @get("/leads", security=[{"ApiKey": []}], responses=_refusals(401, 403, 404, 422))
+    @get("/leads", security=[{"ApiKey": []}], responses=_refusals(401, 403, 404, 422), guards=[server_key_only])
     async def lead_by_email(self, request: Request, email: FromQuery[Annotated[str, Parameter(max_length=254)]]) -> LeadOut:
         """Find a lead by email (server keys only)."""
-        await _server_key(request)
         try:
             normalised = normalise_email(email)
         except ValueError as exc:
@@ -325,13 +332,6 @@ class ApiController(Controller):
 
             raise NotFoundException("No lead has this email.")
         return await _lead_out(row["id"])
-
-
-async def _server_key(request: Request) -> ApiKey:
-    api_key = await authenticate(request, None)
-    if api_key.scope != ApiKeyScope.server:
-        raise PermissionDeniedException("Reading leads needs a server key.")
-    return api_key
 
 
 async def _lead_out(lead_id: int) -> LeadOut:

@@ -50,6 +50,7 @@ def requires(roles: frozenset[Role]):
             raise PermissionDeniedException(f"The {staff.role.value} role cannot open this page.")
         connection.state.staff = staff
 
+    guard.roles = roles  # type: ignore[attr-defined]  # read by the route-walking security tests
     return guard
 
 
