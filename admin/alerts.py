@@ -75,9 +75,9 @@ class HotLead:
         return " ".join(part for part in (self.first_name, self.last_name) if part)
 
 
-def admin_url(lead_id: int) -> str:
-    """The lead's page in the admin (piccolo-admin routes after the #)."""
-    return f"{get_settings().public_url}/admin/#/lead/{lead_id}/"
+def lead_url(lead_id: int) -> str:
+    """The lead's page on the sales desk: timeline, scores and why, stage and owner."""
+    return f"{get_settings().public_url}/desk/leads/{lead_id}"
 
 
 async def load_hot_leads(event_ids: list[int]) -> dict[int, HotLead]:
@@ -124,7 +124,7 @@ def payload_of(hot: HotLead) -> dict[str, Any]:
         "occurred_at": hot.occurred_at.astimezone(timezone.utc).isoformat(),
         "lead": {"id": hot.lead_id, "email": hot.email or None, "first_name": hot.first_name, "last_name": hot.last_name,
                  "company": hot.company, "stage": hot.stage, "owner": hot.owner_email or None,
-                 "url": admin_url(hot.lead_id)},
+                 "url": lead_url(hot.lead_id)},
         "topic": {"id": hot.topic_id, "name": hot.topic_name},
         "score": {"combined": hot.combined, "threshold": hot.threshold, "reasons": hot.reasons},
     }
@@ -180,7 +180,7 @@ def compose(hot: HotLead) -> RenderedLetter:
              ("Score", f"{hot.combined:.0f} of 100 (hot from {hot.threshold:.0f})")]
     reasons = [f"{_line(str(r.get('text') or r.get('factor') or ''), 200)}: {float(r.get('effect') or 0):+.1f}"
                for r in hot.reasons]
-    link = admin_url(hot.lead_id)
+    link = lead_url(hot.lead_id)
     intro = f"{who} turned hot on {topic}."
     text = "\n".join([intro, ""] + [f"{label}: {value}" for label, value in facts] + [""]
                      + (["Why:"] + [f"- {reason}" for reason in reasons] + [""] if reasons else [])

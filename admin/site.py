@@ -14,6 +14,7 @@ from piccolo_api.media.local import LocalMediaStorage
 
 from admin import webhooks
 from admin.forms import api_key, chains, lead_rights, staff
+from admin.forms import ebooks as ebook_forms, scoring as scoring_forms
 from admin.roles import RoleGuard
 from admin.tables import HotAlert, StaffRole, WebhookDelivery, WebhookEndpoint, WeeklyReport
 from content.tables import (
@@ -29,8 +30,9 @@ from content.tables import (
     Step,
     Suppression,
 )
-from landing.service import stamp_outcome_on_patch, stamp_outcome_on_save
-from landing.tables import ApiKey, Consent, Conversion, Event, Lead, Topic, TopicPreference, UrlTopic, Visitor
+from admin.desk.sales import record_admin_table_patch
+from landing.outcomes import stamp_outcome_on_save
+from landing.tables import ApiKey, Consent, Conversion, Event, Lead, LeadChange, Topic, TopicPreference, UrlTopic, Visitor
 from scoring.tables import LeadAttribute, Score, ScoreHistory, ScoringModel, ScoringRule
 from server.settings import get_settings
 from server.tables import CaughtMail
@@ -72,7 +74,14 @@ TABLES = [
     TableConfig(Lead, menu_group="Sales", visible_columns=[Lead.id, Lead.email, Lead.first_name, Lead.company, Lead.stage, Lead.source, Lead.created_at],
                 visible_filters=[Lead.email, Lead.stage, Lead.source, Lead.owner],
                 order_by=[OrderBy(Lead.created_at, ascending=False)],
-                hooks=[Hook(HookType.pre_patch, stamp_outcome_on_patch), Hook(HookType.pre_save, stamp_outcome_on_save)]),
+                hooks=[Hook(HookType.pre_patch, record_admin_table_patch), Hook(HookType.pre_save, stamp_outcome_on_save)],
+                # Stage and owner changes are recorded by the PATCH hook; piccolo_api runs no hooks on PUT.
+                validators=Validators(put_single=[_patch_only])),
+    TableConfig(LeadChange, menu_group="Sales", visible_columns=[LeadChange.id, LeadChange.lead, LeadChange.field, LeadChange.old_value,
+                                                                 LeadChange.new_value, LeadChange.changed_by_name, LeadChange.via,
+                                                                 LeadChange.changed_at],
+                visible_filters=[LeadChange.lead, LeadChange.field, LeadChange.via], order_by=[OrderBy(LeadChange.changed_at, ascending=False)],
+                validators=READ_ONLY),
     TableConfig(Score, menu_group="Sales", visible_columns=[Score.lead, Score.topic, Score.combined, Score.hot, Score.rule_points,
                                                             Score.model_probability, Score.model_version, Score.computed_at],
                 visible_filters=[Score.topic, Score.hot, Score.model_version], order_by=[OrderBy(Score.combined, ascending=False)]),
@@ -154,6 +163,7 @@ ADMIN_APP = create_admin(
     site_name="leadkiln",
     production=get_settings().public_url.startswith("https://"),
     forms=[api_key.FORM, lead_rights.EXPORT_FORM, lead_rights.ERASE_FORM, chains.CHAIN_FORM, chains.PREVIEW_FORM, chains.TEST_FORM,
+           ebook_forms.RENDER_FORM, scoring_forms.TRAIN_FORM,
            staff.ADD_FORM, staff.CHANGE_FORM],
     sidebar_links={"Desk: hot leads": "/desk/hot", "Desk: dashboard": "/desk/dashboard", "Desk: chains": "/desk/chains",
                    "Desk: scoring": "/desk/scoring", "Landing pages": "/"},

@@ -183,8 +183,14 @@ async def rendered_ebook(ebook_id: int) -> Path:
                 Ebook.id == ebook.id
             )
         return path
+    return await _render(ebook, topic["name"] if topic else "", digest, path)
+
+
+async def _render(ebook: Ebook, topic_name: str, digest: str, path: Path) -> Path:
+    """Render the book off the event loop and record the result on its row: the PDF (written
+    atomically, so a download never reads half a file) or the error, kept until an edit."""
     try:
-        pdf = await asyncio.to_thread(render_pdf, book_html(ebook, topic["name"] if topic else ""))
+        pdf = await asyncio.to_thread(render_pdf, book_html(ebook, topic_name))
     except Exception as exc:  # noqa: BLE001 - any rendering failure is shown to the content team
         reason = f"{type(exc).__name__}: {exc}"[:2000]
         await Ebook.update({Ebook.render_error: reason, Ebook.content_hash: digest}).where(Ebook.id == ebook.id)
@@ -196,6 +202,24 @@ async def rendered_ebook(ebook_id: int) -> Path:
          Ebook.rendered_at: datetime.now(timezone.utc)}
     ).where(Ebook.id == ebook.id)
     return path
+
+
+async def render_again(ebook_id: int) -> Path:
+    """Render the ebook's current text now, whatever is cached: a failure kept until an edit
+    is tried again, a cached PDF is replaced (after new fonts or a WeasyPrint upgrade). The
+    cached PDF stays in place until the new one is written, so downloads keep working; if
+    the rendering fails, the error is recorded and raised. Raises EbookUnavailable."""
+    ebook = await Ebook.objects().where(Ebook.id == ebook_id).first()
+    if ebook is None:
+        raise EbookUnavailable("this ebook no longer exists")
+    if ebook.uploaded_pdf:
+        raise EbookUnavailable("this ebook is an uploaded PDF, sent as it is: there is nothing to render")
+    if not ebook.body_markdown.strip():
+        raise EbookUnavailable("this ebook has no text and no uploaded PDF yet")
+    topic = await Topic.select(Topic.name).where(Topic.id == ebook.topic).first()
+    topic_name = topic["name"] if topic else ""
+    digest = content_hash(ebook, topic_name)
+    return await _render(ebook, topic_name, digest, rendered_dir() / f"{digest}.pdf")
 
 
 def _pdf_string(text: str) -> bytes:

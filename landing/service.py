@@ -16,6 +16,7 @@ from content.letters import markdown_to_html
 from content.notices import queue_notice
 from content.tables import Ebook, LandingPage, NoticeKind
 from landing.forms import CaptureForm
+from landing.outcomes import OUTCOME_STAGES, stamp_outcome_on_save  # noqa: F401  (moved; importable from here too)
 from landing.pageviews import PageView
 from landing.tables import Consent, Event, Lead, Topic, Visitor
 from landing.tokens import sign
@@ -452,24 +453,3 @@ async def confirm(lead_id: int, page_id: int) -> Confirmation | None:
         due = await enroll(lead_id, ebook.topic, now)
         token = await new_download_link(lead_id, ebook.id, now)
     return Confirmation(lead_id, token, due, already)
-
-
-OUTCOME_STAGES = ("qualified", "won", "lost")
-
-
-async def stamp_outcome_on_patch(row_id: Any, values: dict[str, Any]) -> dict[str, Any]:
-    """Admin hook: a stage moving to qualified, won or lost records when, because training
-    reads the lead as of that moment (never with what happened after)."""
-    stage = values.get("stage")
-    if stage in OUTCOME_STAGES:
-        current = await Lead.select(Lead.stage).where(Lead.id == row_id).first()
-        if current is not None and current["stage"] != stage:
-            values["outcome_at"] = datetime.now(timezone.utc)
-    return values
-
-
-def stamp_outcome_on_save(row: Lead) -> Lead:
-    """Admin hook: a lead created with an outcome stage gets its outcome time."""
-    if row.stage in OUTCOME_STAGES and row.outcome_at is None:
-        row.outcome_at = datetime.now(timezone.utc)
-    return row

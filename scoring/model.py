@@ -204,8 +204,25 @@ def _safe(name: str) -> str:
 # Validation
 
 
+ROC_POINTS = 101
+"""At most this many (false positive rate, true positive rate) points are kept per ROC curve:
+enough to draw it, small enough to store with every model version."""
+
+
+def roc_points(labels: np.ndarray, probabilities: np.ndarray, limit: int = ROC_POINTS) -> list[list[float]]:
+    """The ROC curve as at most `limit` [fpr, tpr] points, first (0, 0) and last (1, 1) kept."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, probabilities, drop_intermediate=True)
+    if len(fpr) > limit:
+        keep = np.unique(np.linspace(0, len(fpr) - 1, limit).round().astype(int))
+        fpr, tpr = fpr[keep], tpr[keep]
+    return [[round(float(f), 4), round(float(t), 4)] for f, t in zip(fpr, tpr)]
+
+
 def metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
-    """ROC-AUC, PR-AUC, log loss, Brier, a 10-bin calibration table and top-decile lift."""
+    """ROC-AUC, PR-AUC, log loss, Brier, a 10-bin calibration table, top-decile lift and the
+    ROC curve's points (`roc`, at most ROC_POINTS)."""
     from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
     p = np.clip(probabilities, 1e-6, 1 - 1e-6)
@@ -224,6 +241,7 @@ def metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
         "brier": round(float(brier_score_loss(labels, p)), 4),
         "lift_top_decile": round(float(labels[top].mean() / base), 3) if base > 0 else None,
         "calibration": calibration,
+        "roc": roc_points(labels, p),
     }
 
 

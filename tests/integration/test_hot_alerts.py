@@ -90,7 +90,7 @@ async def test_a_lead_turning_hot_tells_its_owner_once_and_the_crm_once(client, 
     lines = text.splitlines()
     why = lines.index("Why:")
     assert lines[why + 1:why + 3] == ["- Visited pricing (1×): +15.0", "- Asked for an ebook (1×): +10.0"]
-    assert f"Open the lead: http://testserver.local/admin/#/lead/{lead.id}/" in text
+    assert f"Open the lead: http://testserver.local/desk/leads/{lead.id}" in text
     alert = await HotAlert.objects().get(HotAlert.lead == lead.id)
     assert (alert.status, alert.to_address, alert.attempts) == (AlertStatus.sent, "maria@example.com", 1)
 
@@ -101,7 +101,7 @@ async def test_a_lead_turning_hot_tells_its_owner_once_and_the_crm_once(client, 
     assert body["event"] == "lead.hot" and body["id"] == f"lead.hot:{hot_event.id}"
     assert body["lead"] == {"id": lead.id, "email": "warm@example.com", "first_name": "Vera", "last_name": "",
                             "company": "Acme", "stage": "new", "owner": "maria@example.com",
-                            "url": f"http://testserver.local/admin/#/lead/{lead.id}/"}
+                            "url": f"http://testserver.local/desk/leads/{lead.id}"}
     seo = await Topic.objects().get(Topic.slug == "seo")
     assert body["topic"] == {"id": seo.id, "name": "SEO"}
     assert body["score"]["combined"] > body["score"]["threshold"] == 30

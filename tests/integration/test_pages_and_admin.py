@@ -145,7 +145,7 @@ async def test_admin_redirects_to_slash_and_requires_login(client) -> None:
 async def test_admin_login_lists_every_table(client) -> None:
     from piccolo.apps.user.tables import BaseUser
 
-    await BaseUser.create_user(username="sales", password="correct-horse-9", email="s@example.com", active=True, admin=True)
+    await BaseUser.create_user(username="sales", password="correct-horse-9", email="s@example.com", active=True, admin=True, superuser=True)
     page = await client.get("/admin/")
     assert page.status_code == 200
     csrf = client.cookies.get("csrftoken")
@@ -191,7 +191,7 @@ async def test_a_stage_set_in_the_admin_records_when_the_outcome_came(client, ca
     await client.post("/l/seo", data={"_csrf_token": token, "email": "won@example.com", "consent": "on"})
     lead = await Lead.objects().get(Lead.email == "won@example.com")
     assert lead.outcome_at is None
-    await BaseUser.create_user(username="sam", password="correct-horse-9", email="sam@example.com", active=True, admin=True)
+    await BaseUser.create_user(username="sam", password="correct-horse-9", email="sam@example.com", active=True, admin=True, superuser=True)
     await client.get("/admin/")
     headers = {"X-CSRFToken": client.cookies.get("csrftoken")}
     login = await client.post("/admin/public/login/", json={"username": "sam", "password": "correct-horse-9"}, headers=headers)
@@ -206,7 +206,7 @@ async def test_a_stage_set_in_the_admin_records_when_the_outcome_came(client, ca
 async def _admin_login(client) -> dict[str, str]:
     from piccolo.apps.user.tables import BaseUser
 
-    await BaseUser.create_user(username="ops", password="correct-horse-9", email="ops@example.com", active=True, admin=True)
+    await BaseUser.create_user(username="ops", password="correct-horse-9", email="ops@example.com", active=True, admin=True, superuser=True)
     await client.get("/admin/")
     login = await client.post("/admin/public/login/", json={"username": "ops", "password": "correct-horse-9"},
                               headers={"X-CSRFToken": client.cookies.get("csrftoken")})
