@@ -63,7 +63,6 @@ FORM_ACCESS: dict[str, frozenset[Role]] = {
     "train-a-model-now": ADMIN,
     "add-a-staff-user": ADMIN,
     "change-a-staff-user": ADMIN,
-    "send-the-weekly-report-now": SALES,
 }
 """Per admin form (its slug): the roles that may open and submit it. A form missing here is the admin's."""
 

@@ -115,6 +115,8 @@ class ChainResults:
     steps: list[StepResult] = field(default_factory=list)
     variant_clicks: dict[int, Comparison] = field(default_factory=dict)
     """Per A/B step: B's click rate against A's, among delivered letters."""
+    variant_groups: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Per variant (A, B) of the treatment group: (leads, leads with a conversion after they joined)."""
 
 
 async def chain_results(chain_id: int, confidence: float = 0.95) -> ChainResults:
@@ -198,4 +200,5 @@ async def chain_results(chain_id: int, confidence: float = 0.95) -> ChainResults
         if a.delivered and b.delivered:
             variant_clicks[position] = compare(b.clicked, b.delivered, a.clicked, a.delivered, confidence)
     ordered = sorted(results.values(), key=lambda r: (r.position, r.version))
-    return ChainResults(chain_id, enrolled, converted, experiment, variants, ordered, variant_clicks)
+    return ChainResults(chain_id, enrolled, converted, experiment, variants, ordered, variant_clicks,
+                        {variant: (tally[0], tally[1]) for variant, tally in by_variant.items()})

@@ -98,20 +98,24 @@ def run_migrations(verbose: bool = False) -> None:
         fail(f"migrations failed: {error if result is None else result.message}")
 
 
-def ensure_admin(username: str, password: str | None, email: str) -> str:
-    """Create (or reset) an admin user; returns the password in force."""
+def ensure_admin(username: str, password: str | None, email: str, role: str = "admin") -> str:
+    """Create (or reset) a staff user with a role (an admin by default); returns the password in force."""
     from piccolo.apps.user.tables import BaseUser
+
+    from admin.forms.staff import set_role
+    from admin.tables import Role
 
     password = password or secrets.token_urlsafe(12)
 
     async def upsert() -> None:
         user = await BaseUser.objects().where(BaseUser.username == username).first()
         if user is None:
-            await BaseUser.create_user(username=username, password=password, email=email,
-                                       active=True, admin=True, superuser=True)
+            user = await BaseUser.create_user(username=username, password=password, email=email,
+                                              active=True, admin=True, superuser=role == "admin")
         else:
             await BaseUser.update_password(user=user.id, password=password)
             await BaseUser.update({BaseUser.active: True, BaseUser.admin: True}).where(BaseUser.id == user.id)
+        await set_role(user.id, Role(role))
 
     asyncio.run(upsert())
     return password
@@ -309,10 +313,12 @@ def demo(host: str, port: int, data_dir: Path | None, delay_minutes: int) -> Non
     try:
         run_migrations()
         asyncio.run(seed_demo(delay_minutes=delay_minutes))
-        password_file = settings.data_dir / "admin-password"
-        password = password_file.read_text().strip() if password_file.exists() else None
-        password = ensure_admin("admin", password, "admin@leadkiln.localhost")
-        write_private(password_file, password)
+        passwords = {}
+        for role in ("admin", "sales", "content"):
+            password_file = settings.data_dir / f"{role}-password"
+            known = password_file.read_text().strip() if password_file.exists() else None
+            passwords[role] = ensure_admin(role, known, f"{role}@leadkiln.localhost", role)
+            write_private(password_file, passwords[role])
         if not settings.redis_url:
             redis = EmbeddedRedis(settings.data_dir).start()
             os.environ["REDIS_URL"] = redis.url
@@ -336,7 +342,8 @@ def demo(host: str, port: int, data_dir: Path | None, delay_minutes: int) -> Non
         lines = ["", "leadkiln demo is running. Ctrl-C stops everything.", ""]
         lines += [f"  landing page  {public_url}/l/{slug}" for slug in pages]
         lines += [
-            f"  admin         {public_url}/admin/   login: admin / {password}",
+            f"  desk          {public_url}/desk/    sales: sales / {passwords['sales']}   content: content / {passwords['content']}",
+            f"  admin         {public_url}/admin/   login: admin / {passwords['admin']}",
             f"  caught mail   admin > Mail > Caught mail, and {settings.data_dir / 'mail'}",
             f"  data dir      {settings.data_dir}",
             "",

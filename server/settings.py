@@ -130,6 +130,20 @@ class Settings:
     """DKIM_KEY_FILE: the PEM private key that signs."""
     sales_alert_to: str = ""
     """SALES_ALERT_TO: the address (a sales list) told when a lead with no owner turns hot; unset: only owners are told."""
+    bounce_rate_warn: float = 0.05
+    """BOUNCE_RATE_WARN: the content dashboard warns when a chain's (or all chains') letters of the
+    last 30 days bounced at this rate or more, a fraction (default 0.05, i.e. 5%)."""
+    complaint_rate_warn: float = 0.003
+    """COMPLAINT_RATE_WARN: the content dashboard warns when spam complaints over the last 30 days
+    reach this rate of delivered letters, a fraction (default 0.003: the 0.3% big mailbox providers
+    hold senders to)."""
+
+    report_to: tuple[str, ...] = ()
+    """REPORT_TO: comma-separated addresses for the weekly sales report; unset: every active admin and sales user."""
+    report_at: tuple[int, int, int] = (0, 7, 0)
+    """REPORT_AT: when the weekly report goes out, weekday and time, e.g. "mon 07:00" (the default)."""
+    report_timezone: str = "UTC"
+    """REPORT_TIMEZONE: the IANA zone REPORT_AT is read in, e.g. Europe/Berlin (default UTC)."""
 
     def __post_init__(self) -> None:
         defaults = {"capture_limit_ip": RateLimit(20, 60), "capture_limit_email": RateLimit(5, 3600),
@@ -284,6 +298,42 @@ def _secret_key(data_dir: Path) -> str:
     return key
 
 
+def _fraction(variable: str, value: str) -> float:
+    """A rate between 0 and 1 written as a fraction (0.05), or a percentage (5%)."""
+    text = value.strip()
+    try:
+        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ConfigError(variable, f"{value!r} is not a rate such as 0.05 or 5%") from None
+    if not 0 < number <= 1:
+        raise ConfigError(variable, f"{value!r} must be above 0 and at most 1 (100%)")
+    return number
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _report_settings() -> dict[str, object]:
+    """REPORT_TO, REPORT_AT and REPORT_TIMEZONE, checked."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    to = tuple(a.strip() for a in os.environ.get("REPORT_TO", "").split(",") if a.strip())
+    for address in to:
+        if address.count("@") != 1 or any(ch.isspace() or ch in ";<>" for ch in address):
+            raise ConfigError("REPORT_TO", f"{address!r} is not an email address (separate several with commas)")
+    at = (os.environ.get("REPORT_AT") or "mon 07:00").strip().lower()
+    day, _, clock = at.partition(" ")
+    hour, _, minute = clock.strip().partition(":")
+    if day[:3] not in WEEKDAYS or not (hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):
+        raise ConfigError("REPORT_AT", f"{at!r} is not a weekday and a time, e.g. mon 07:00")
+    zone = (os.environ.get("REPORT_TIMEZONE") or "UTC").strip()
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError("REPORT_TIMEZONE", f"{zone!r} is not an IANA time zone, e.g. Europe/Berlin") from None
+    return {"report_to": to, "report_at": (WEEKDAYS.index(day[:3]), int(hour), int(minute)), "report_timezone": zone}
+
+
 def load_dotenv_file() -> None:
     """Load `.env` from the working directory without overriding real variables."""
     from dotenv import load_dotenv
@@ -334,6 +384,9 @@ def read_settings() -> Settings:
     sales_alert_to = os.environ.get("SALES_ALERT_TO", "").strip()
     if sales_alert_to and (sales_alert_to.count("@") != 1 or any(ch.isspace() or ch in ",;<>" for ch in sales_alert_to)):
         raise ConfigError("SALES_ALERT_TO", f"{sales_alert_to!r} is not one email address, e.g. sales@example.com")
+    warn_rates = {name: _fraction(variable, os.environ.get(variable) or default)
+                  for name, variable, default in (("bounce_rate_warn", "BOUNCE_RATE_WARN", "0.05"),
+                                                  ("complaint_rate_warn", "COMPLAINT_RATE_WARN", "0.003"))}
     return Settings(
         data_dir=data_dir,
         database_url=database_url,
@@ -351,6 +404,8 @@ def read_settings() -> Settings:
         **numbers,
         **dkim,
         sales_alert_to=sales_alert_to,
+        **warn_rates,
+        **_report_settings(),  # type: ignore[arg-type]
     )
 
 

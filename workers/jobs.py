@@ -13,6 +13,7 @@ from content.lifecycle import enroll_hot, enroll_waiting, refresh_waiting_counts
 from content.ebooks import EbookUnavailable, rendered_ebook
 from content.notices import due_notices, notice_job_id, send_notice as send_notice_service
 from server.piccolo_conf import checkpoint
+from scoring.report import record_training
 from scoring.service import rescore_all, train
 from scoring.service import rescore_lead as rescore_lead_service
 
@@ -93,10 +94,12 @@ async def rescore_everyone(ctx: dict[str, Any]) -> int:
 
 
 async def train_model(ctx: dict[str, Any]) -> str:
-    """Nightly: train on the outcomes sales recorded; promote only a better model."""
+    """Train on the outcomes sales recorded (nightly, or queued by the admin's "Train a model
+    now"); promote only a better model. The outcome is kept for the Scoring page."""
     report = await train()
     for note in report.notes:
         log.info("training: %s", note)
+    await record_training(ctx["redis"], report)
     return report.version or "no model"
 
 
@@ -165,4 +168,14 @@ async def post_webhook(ctx: dict[str, Any], delivery_id: int) -> str:
     result = await deliver(delivery_id)
     if result.status not in ("delivered", "already"):
         log.warning("webhook delivery %s: %s %s", delivery_id, result.status, result.detail)
+    return result.status
+
+
+async def send_weekly_report(ctx: dict[str, Any], early: bool = False) -> str:
+    """The weekly sales report, once a week at REPORT_AT (or now, from the desk's button)."""
+    from admin.report import send_weekly_report as send_report
+
+    result = await send_report(ctx["relay"], early=early)
+    if result.status not in ("sent", "not_yet", "already"):
+        log.warning("weekly report: %s %s", result.status, result.detail)
     return result.status

@@ -60,6 +60,10 @@ class WorkerSettings:
         func(jobs.rescore_lead, keep_result=0, max_tries=3),
         func(jobs.send_hot_alert, keep_result=0, max_tries=3),
         func(jobs.post_webhook, keep_result=0, max_tries=3),
+        # Queued by the admin's "Train a model now" under one job id: a double click trains once.
+        func(jobs.train_model, keep_result=0, max_tries=2, timeout=3600),
+        # Queued by the desk's "Send now"; the week's ledger row keeps it to one letter.
+        func(jobs.send_weekly_report, keep_result=0, max_tries=2, timeout=600),
     ]
     cron_jobs = [
         cron(jobs.sweep, second=set(range(0, 60, 5)), run_at_startup=True, unique=True, keep_result=0),
@@ -69,6 +73,9 @@ class WorkerSettings:
         cron(jobs.train_model, hour=3, minute=41, second=0, unique=True, timeout=3600, keep_result=0),
         # Every 5 s: a lead that turned hot is announced within seconds of its rescoring.
         cron(jobs.hand_off_hot_leads, second=set(range(2, 60, 5)), run_at_startup=True, unique=True, keep_result=0),
+        # Every 10 minutes: the weekly report goes out at REPORT_AT, or as soon as a worker is up after it.
+        cron(jobs.send_weekly_report, minute=set(range(3, 60, 10)), second=0, run_at_startup=True, unique=True,
+             timeout=600, keep_result=0),
     ]
     on_startup = startup
     on_shutdown = shutdown

@@ -107,7 +107,7 @@ class Sink:
 
     def letters(self) -> list[EmailMessage]:
         """Chain letters only (their Message-IDs name the delivery: <lk.D.E.P@…>)."""
-        return [m for m in self.messages() if not str(m["Message-ID"]).startswith("<lk.n")]
+        return [m for m in self.messages() if not str(m["Message-ID"]).startswith(("<lk.n", "<lk.h", "<lk.report", "<lk.test"))]
 
     def notices(self) -> list[EmailMessage]:
         """Letters a visitor asked for: confirmation, download link, data request (<lk.nN@…>)."""
