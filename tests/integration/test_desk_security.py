@@ -269,3 +269,52 @@ async def test_logout_ends_the_session_for_the_desk_and_the_admin(client) -> Non
     token = await csrf_token(client)
     assert (await client.post("/desk/logout", data={"_csrf_token": token})).status_code == 303
     assert (await client.get("/admin/api/user/")).status_code == 401
+
+
+SCRIPT = "<script>alert(1)</script>"
+IMG = '"><img src=x onerror=alert(1)>'
+HREF = "javascript:alert(1)"
+UNSAFE_LINK = re.compile(r"""(href|src|action|formaction)\s*=\s*["']?\s*javascript:""", re.I)
+
+
+async def test_hostile_text_is_inert_on_every_desk_page(client, catalog) -> None:
+    """A lead typed HTML and script everywhere it could (the fields Mautic's XSS advisories came
+    through: names, company, UTM values, page URLs, referrer), and staff did in names and
+    subjects; every desk page, with the ids of those rows, shows it as text."""
+    from urllib.parse import quote
+
+    from content.tables import Chain, Step
+    from landing.tables import Event, Lead, Topic
+    from scoring.service import rescore_lead
+    from scoring.tables import ScoringRule
+    from tests.integration.test_desk_sales import capture
+
+    query = f"?utm_source={quote(SCRIPT)}&utm_campaign={quote(IMG)}&utm_term={quote(HREF)}"
+    lead_id = await capture(client, "seo", "evil@example.com", query=query, referer=HREF, first_name=SCRIPT,
+                            company=IMG, role=HREF, download=True)
+    await Event.insert(Event(type="page_view", lead=lead_id, topic=(await Lead.objects().get(Lead.id == lead_id)).topic,
+                             properties={"url": f"https://www.example.com/pricing?{quote(IMG)}", "title": SCRIPT,
+                                         "referrer": HREF}))
+    await ScoringRule.update({ScoringRule.name: f"Pricing {SCRIPT}"}).where(ScoringRule.name == "Visited pricing")
+    await Topic.update({Topic.name: f"SEO {IMG}"}).where(Topic.slug == "seo")
+    chain = await Chain.objects().get(Chain.topic == (await Topic.objects().get(Topic.slug == "seo")).id)
+    await Chain.update({Chain.name: f"Nurture {SCRIPT}", Chain.check_error: f"step 1: {IMG}"}).where(Chain.id == chain.id)
+    await Step.update({Step.subject_b: f"B {SCRIPT}"}).where(Step.chain == chain.id)
+    from scoring.service import forget_cached
+
+    forget_cached()
+    await rescore_lead(lead_id)
+    await make_staff("boss", "admin")
+    await desk_login(client, "boss")
+    ids = {"lead_id": str(lead_id), "chain_id": str(chain.id)}
+    pages = [path for path, method, _ in _desk_routes() if method == "GET"]
+    assert any("{lead_id" in p for p in pages) and any("{chain_id" in p for p in pages)
+    for path in pages:
+        url = re.sub(r"\{(\w+):\w+\}", lambda m: ids[m.group(1)], path)  # a new parameter must be added to `ids`
+        response = await client.get(url, headers={"accept": "text/html"}, follow_redirects=True)
+        assert response.status_code == 200, (url, response.status_code)
+        html = response.text
+        assert SCRIPT not in html and "<img src=x" not in html, url
+        assert not UNSAFE_LINK.search(html), url
+    lead_page = (await client.get(f"/desk/leads/{lead_id}", headers={"accept": "text/html"})).text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in lead_page  # shown, as text
