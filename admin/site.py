@@ -165,6 +165,17 @@ TABLES = [
 ]
 
 
+def _describe(tables: list[TableConfig]) -> None:
+    """Each table's docstring becomes the description piccolo-admin shows above its rows, so
+    staff read what a table is for (the docstrings are written for people)."""
+    for config in tables:
+        meta = config.table_class._meta
+        if not meta.help_text and config.table_class.__doc__:
+            meta.help_text = " ".join(config.table_class.__doc__.split())
+
+
+_describe(TABLES)
+
 ADMIN_APP = create_admin(
     tables=TABLES,
     auth_table=BaseUser,
