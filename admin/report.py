@@ -200,8 +200,15 @@ class SendResult:
     detail: str = ""
 
 
-async def _claim(key: str, now: datetime) -> bool:
-    """Take this week's row (new, or failed with attempts left); False if it is sent, in flight or given up."""
+async def this_week(now: datetime | None = None) -> dict[str, Any] | None:
+    """This week's ledger row, if the report was asked for or sent this week."""
+    key = week_key(now or utcnow(), get_settings().report_timezone)
+    return await WeeklyReport.select().where(WeeklyReport.week_start == key).first()
+
+
+async def _claim(key: str) -> bool:
+    """Take this week's row (new, or failed with attempts left) for the SMTP exchange; False if it
+    is sent, in flight or given up."""
     await WeeklyReport.insert(WeeklyReport(week_start=key, status=ReportStatus.failed, error="not sent yet")).on_conflict(
         action="DO NOTHING")
     taken = await WeeklyReport.update({WeeklyReport.status: ReportStatus.sending, WeeklyReport.attempts: WeeklyReport.attempts + 1}).where(
@@ -211,38 +218,58 @@ async def _claim(key: str, now: datetime) -> bool:
 
 
 async def send_weekly_report(relay: Relay, now: datetime | None = None, early: bool = False) -> SendResult:
-    """Send this week's report once its time has come (or `early`, from the desk's button).
+    """Send this week's report once its time has come (or `early`, from the desk's button, which
+    then is this week's report).
 
-    The week's ledger row is claimed before SMTP; after the relay took the letter it is `sent`.
-    A worker dying in between leaves it `sending`: never resent by itself (see README)."""
+    Everything slow (the recipients, the PDF) is done before the week's row is claimed, so only
+    the SMTP exchange happens under the claim. A job cancelled before the relay had the letter
+    hands the row back (`failed`, retried at the next run); once the relay may have it, the row
+    stays `sending`: never resent by itself (see README)."""
     settings = get_settings()
     now = now or utcnow()
     if not early and now < scheduled_moment(now, settings.report_at, settings.report_timezone):
         return SendResult("not_yet")
     key = week_key(now, settings.report_timezone)
-    if not await _claim(key, now):
+    row = await WeeklyReport.select(WeeklyReport.status, WeeklyReport.attempts).where(WeeklyReport.week_start == key).first()
+    if row is not None and (row["status"] != ReportStatus.failed or row["attempts"] >= MAX_ATTEMPTS):
         return SendResult("already")
     to = await recipients()
     if not to:
-        await _finish(key, ReportStatus.failed, "nobody to send it to: set REPORT_TO or give a sales user an address",
-                      attempts=MAX_ATTEMPTS)
+        if await _claim(key):
+            await _finish(key, ReportStatus.failed, "nobody to send it to: set REPORT_TO or give a sales user an address",
+                          attempts=MAX_ATTEMPTS)
         return SendResult("nobody")
     try:
         data, pdf = await report_pdf(now)
         message = build_letter(data, pdf, to, f"<lk.report.{key}@{settings.mail_domain}>", now)
-    except Exception as exc:  # noqa: BLE001 - kept on the row for the admin, retried next hour
+    except Exception as exc:  # noqa: BLE001 - kept on the row for the admin, retried at the next run
         log.exception("weekly report %s not built", key)
-        await _finish(key, ReportStatus.failed, f"not built: {type(exc).__name__}: {exc}")
+        if await _claim(key):
+            await _finish(key, ReportStatus.failed, f"not built: {type(exc).__name__}: {exc}")
         return SendResult("failed", str(exc))
+    if not await _claim(key):
+        return SendResult("already")
     await WeeklyReport.update({WeeklyReport.recipients: ", ".join(to)}).where(WeeklyReport.week_start == key)
+    handed_over = False
+
+    async def in_flight() -> None:
+        nonlocal handed_over
+        handed_over = True
+
     try:
-        reply = await relay.send(message)
+        reply = await relay.send(message, before_data=in_flight)
     except DeliveryUncertain as exc:
         await _finish(key, ReportStatus.sending, f"maybe delivered, not resent: {exc}")
         return SendResult("unknown", str(exc))
     except (SmtpReplyError, OSError, aiosmtplib.SMTPException) as exc:
         await _finish(key, ReportStatus.failed, f"relay: {exc}")
         return SendResult("failed", str(exc))
+    except BaseException:
+        if handed_over:
+            await asyncio.shield(_finish(key, ReportStatus.sending, "cancelled while the relay had the letter: not resent"))
+        else:
+            await asyncio.shield(_finish(key, ReportStatus.failed, "cancelled before the relay had it: sent at the next run"))
+        raise
     await _finish(key, ReportStatus.sent, "", sent_at=utcnow())
     log.info("weekly report %s sent to %d recipients (%s)", key, len(to), reply)
     return SendResult("sent", reply)

@@ -7,10 +7,10 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
 
 from piccolo.apps.user.tables import BaseUser
 from piccolo_api.session_auth.tables import SessionsBase
+from starlette.requests import cookie_parser
 
 from admin.tables import Role, StaffRole
 
@@ -36,19 +36,18 @@ def _tables(names: Iterable[str], read: frozenset[Role], write: frozenset[Role])
 
 
 TABLE_ACCESS: dict[str, Access] = {
-    # Personal data and the outcomes sales record. Content reads the results pages (counts), not people.
+    # People: every table that names a lead (piccolo-admin shows a lead by its email) is for sales
+    # and admins only. The content team reads counts on the desk pages, never people.
     **_tables(["lead", "conversion"], SALES, SALES),
-    **_tables(["score", "event", "consent", "visitor", "topic_preference", "hot_alert", "lead_change"], SALES, ADMIN),
+    **_tables(["score", "score_history", "event", "consent", "visitor", "topic_preference", "hot_alert", "lead_change",
+               "enrollment", "chain_wait", "delivery", "weekly_report"], SALES, ADMIN),
+    # What was mailed holds signed links (preferences, erasure, downloads): admins only.
+    **_tables(["notice", "download_link", "caught_mail"], ADMIN, ADMIN),
     # What the content team writes; sales may look.
     **_tables(["topic", "ebook", "landing_page", "url_topic", "chain", "step", "offer"], EVERYONE, CONTENT),
-    **_tables(["chain_wait"], EVERYONE, ADMIN),
-    # The send ledger: content settles `unknown` letters after checking the relay's log.
-    **_tables(["delivery"], CONTENT, CONTENT),
-    **_tables(["enrollment", "notice", "download_link", "caught_mail"], CONTENT, ADMIN),
-    **_tables(["suppression"], EVERYONE, ADMIN),
-    **_tables(["scoring_rule", "scoring_model", "lead_attribute", "score_history"], EVERYONE, ADMIN),
-    **_tables(["api_key", "piccolo_user", "sessions", "staff_role", "webhook_endpoint", "webhook_delivery",
-               "weekly_report"], ADMIN, ADMIN),
+    **_tables(["suppression"], EVERYONE, ADMIN),  # addresses only as hashes
+    **_tables(["scoring_rule", "scoring_model", "lead_attribute"], EVERYONE, ADMIN),
+    **_tables(["api_key", "piccolo_user", "sessions", "staff_role", "webhook_endpoint", "webhook_delivery"], ADMIN, ADMIN),
 }
 """Per table: roles that may read it and roles that may change it. A table missing here is the admin's."""
 
@@ -117,15 +116,11 @@ async def staff_for_session(token: str | None) -> Staff | None:
 
 
 def _cookie(scope) -> str | None:
+    """The session token as piccolo-admin will read it (Starlette's lenient parser): reading it
+    any other way would let a cookie header one parser rejects and the other accepts slip past."""
     for name, value in scope.get("headers", []):
         if name == b"cookie":
-            jar = SimpleCookie()
-            try:
-                jar.load(value.decode("latin-1"))
-            except Exception:  # a malformed cookie header is no session
-                return None
-            if SESSION_COOKIE in jar:
-                return jar[SESSION_COOKIE].value
+            return cookie_parser(value.decode("latin-1")).get(SESSION_COOKIE)
     return None
 
 
@@ -177,8 +172,8 @@ LISTINGS = frozenset({("tables",), ("tables", "grouped"), ("forms",), ("forms", 
 
 class RoleGuard:
     """ASGI wrapper for piccolo-admin: every private API request is checked against the role
-    policy before piccolo sees it, and the menu's lists are filtered. piccolo-admin still does
-    its own login check behind this."""
+    policy before piccolo sees it (and refused without a staff user: fail closed), and the
+    menu's lists are filtered. piccolo-admin still does its own login check behind this."""
 
     def __init__(self, app, prefix: str = "/admin") -> None:
         self.app = app
@@ -191,17 +186,22 @@ class RoleGuard:
         path = scope["path"]
         if path.startswith(self.prefix + "/"):
             path = path[len(self.prefix):]
+        if "//" in path or "\\" in path:
+            # One spelling per resource: a path this check and piccolo's router could read apart is refused.
+            await _refuse(send, 404, "Not found.")
+            return
         if not path.startswith("/api/"):
             await self.app(scope, receive, send)  # the page shell, assets and the public login
             return
         api_path = path[len("/api"):]
-        staff = await staff_for_session(_cookie(scope))
+        token = _cookie(scope)
+        staff = await staff_for_session(token)
         if staff is None:
-            # Anonymous or expired: piccolo-admin answers 401 itself; a user without a role gets 403.
-            if _cookie(scope) and await _has_session_without_role(_cookie(scope)):
+            # Fail closed: nothing reaches piccolo's private API without a staff user and a role.
+            if token and await _has_session_without_role(token):
                 await _refuse(send, 403, "Your user has no role: ask an admin to give you one.")
-                return
-            await self.app(scope, receive, send)
+            else:
+                await _refuse(send, 401, "Log in first.")
             return
         method = scope["method"]
         if not admin_api_allows(staff.role, method, api_path):

@@ -148,7 +148,9 @@ TABLES = [
                 validators=Validators(post_single=[_staff_by_form], put_single=[_staff_by_form], patch_single=[_staff_by_form])),
     TableConfig(WeeklyReport, menu_group="Sales", visible_columns=[WeeklyReport.week_start, WeeklyReport.status, WeeklyReport.recipients,
                                                                    WeeklyReport.attempts, WeeklyReport.sent_at, WeeklyReport.error],
-                order_by=[OrderBy(WeeklyReport.week_start, ascending=False)], validators=READ_ONLY),
+                order_by=[OrderBy(WeeklyReport.week_start, ascending=False)],
+                # An admin settles a week left `sending` (the relay's log decides): sent, or failed to send again.
+                validators=Validators(post_single=[_read_only], delete_single=[_read_only], put_single=[_patch_only])),
     TableConfig(HotAlert, menu_group="Sales", visible_columns=[HotAlert.id, HotAlert.lead, HotAlert.topic, HotAlert.status,
                                                               HotAlert.to_address, HotAlert.subject, HotAlert.sent_at],
                 visible_filters=[HotAlert.status, HotAlert.lead, HotAlert.topic], order_by=[OrderBy(HotAlert.id, ascending=False)],

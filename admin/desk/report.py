@@ -28,7 +28,7 @@ class ReportController(Controller):
             request, data=data, chart_css=CHART_CSS, local=report.local, next_send=next_send,
             recipients=await report.recipients(), history=await report.sent_reports(),
             week=report.week_key(data.end, settings.report_timezone), sent=sent,
-            report_to_set=bool(settings.report_to)))
+            this_week=await report.this_week(data.end), report_to_set=bool(settings.report_to)))
 
     @get("/weekly.pdf")
     async def pdf(self) -> Response:
@@ -42,6 +42,9 @@ class ReportController(Controller):
         """Send this week's report now instead of at its hour; a week's report goes out once."""
         if arq is None:
             return Redirect("/desk/report?sent=no-worker", status_code=HTTP_303_SEE_OTHER)
+        row = await report.this_week()
+        if row is not None and row["status"] != "failed":
+            return Redirect("/desk/report?sent=already", status_code=HTTP_303_SEE_OTHER)
         key = report.week_key(report.utcnow(), get_settings().report_timezone)
         job = await arq.enqueue_job("send_weekly_report", True, _job_id=f"weekly-report-now:{key}")
         return Redirect(f"/desk/report?sent={'queued' if job else 'already'}", status_code=HTTP_303_SEE_OTHER)

@@ -141,3 +141,66 @@ async def test_send_now_queues_one_job_a_week(client, catalog) -> None:
     finally:
         await pool.aclose()
     assert len(queued) == 1 and queued[0].args == (True,)
+
+
+async def test_a_report_sent_this_week_is_not_offered_again(client, catalog, sink, relay) -> None:
+    from arq import create_pool
+
+    from admin.report import send_weekly_report
+    from workers.settings import redis_settings
+
+    await make_staff("sam", "sales")
+    assert (await send_weekly_report(relay, early=True)).status == "sent"
+    await desk_login(client, "sam")
+    page = await client.get("/desk/report", headers={"accept": "text/html"})
+    assert "sent</span>" in page.text and "Send this week's report now" not in page.text
+    token = await csrf_token(client, "/desk/report")
+    again = await client.post("/desk/report/send", data={"_csrf_token": token})
+    assert again.headers["location"] == "/desk/report?sent=already"
+    pool = await create_pool(redis_settings())
+    try:
+        assert not [job for job in await pool.queued_jobs() if job.function == "send_weekly_report"]
+    finally:
+        await pool.aclose()
+    assert len(report_letters(sink)) == 1
+
+
+async def test_a_job_cancelled_while_building_the_pdf_leaves_the_week_to_the_next_run(catalog, sink, relay, monkeypatch) -> None:
+    import asyncio
+
+    from admin import report
+    from admin.tables import WeeklyReport
+
+    await make_staff("sam", "sales")
+    real = report.report_pdf
+
+    async def cancelled(now=None):
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(report, "report_pdf", cancelled)
+    with pytest.raises(asyncio.CancelledError):
+        await report.send_weekly_report(relay, now=MONDAY_NINE)
+    row = await WeeklyReport.objects().where(WeeklyReport.week_start == "2026-11-23").first()
+    assert row is None or row.status == "failed"  # nothing claimed for good
+    monkeypatch.setattr(report, "report_pdf", real)
+    assert (await report.send_weekly_report(relay, now=MONDAY_NINE + timedelta(minutes=10))).status == "sent"
+    assert len(report_letters(sink)) == 1
+
+
+async def test_a_report_that_cannot_be_built_says_why_and_is_tried_again(catalog, sink, relay, monkeypatch) -> None:
+    from admin import report
+    from admin.tables import WeeklyReport
+
+    await make_staff("sam", "sales")
+    real = report.render_pdf
+
+    def broken(html: str) -> bytes:
+        raise RuntimeError("fonts missing")
+
+    monkeypatch.setattr(report, "render_pdf", broken)
+    assert (await report.send_weekly_report(relay, now=MONDAY_NINE)).status == "failed"
+    row = await WeeklyReport.objects().get(WeeklyReport.week_start == "2026-11-23")
+    assert row.status == "failed" and "fonts missing" in row.error and row.attempts == 1
+    monkeypatch.setattr(report, "render_pdf", real)
+    assert (await report.send_weekly_report(relay, now=MONDAY_NINE + timedelta(minutes=10))).status == "sent"
+    assert len(report_letters(sink)) == 1
