@@ -222,6 +222,49 @@ async def render_again(ebook_id: int) -> Path:
     return await _render(ebook, topic_name, digest, rendered_dir() / f"{digest}.pdf")
 
 
+@dataclass(frozen=True)
+class FailingBlock:
+    """The part of an ebook's body that makes its rendering fail: lines `first`..`last` (from 1)."""
+
+    first: int
+    last: int
+    text: str
+
+
+def failing_block(ebook: Ebook, topic_name: str) -> FailingBlock | None:
+    """After a failed rendering, the first Markdown block of the body the failure comes with,
+    found by rendering ever shorter beginnings of the body (about log2(blocks) renderings).
+    None when the book fails without any of its text, or renders now: then the fault is not
+    in the body (fonts, WeasyPrint) or has passed. Slow and blocking: call it in a thread."""
+    lines = ebook.body_markdown.splitlines(keepends=True)
+    blocks = sorted({(t.map[0], t.map[1]) for t in _markdown.parse(ebook.body_markdown) if t.level == 0 and t.map})
+    if not blocks:
+        return None
+
+    def fails(count: int) -> bool:
+        end = blocks[count][0] if count < len(blocks) else len(lines)
+        shorter = Ebook(title=ebook.title, subtitle=ebook.subtitle, author=ebook.author,
+                        cover_image=ebook.cover_image, body_markdown="".join(lines[:end]))
+        try:
+            render_pdf(book_html(shorter, topic_name))
+        except Exception:  # noqa: BLE001 - any failure counts, as in _render
+            return True
+        return False
+
+    if fails(0) or not fails(len(blocks)):
+        return None
+    ok, failing = 0, len(blocks)  # the first `ok` blocks render; the first `failing` do not
+    while failing - ok > 1:
+        middle = (ok + failing) // 2
+        if fails(middle):
+            failing = middle
+        else:
+            ok = middle
+    first, last = blocks[failing - 1]
+    text = "".join(lines[first:last]).strip()
+    return FailingBlock(first + 1, max(last, first + 1), text if len(text) <= 600 else text[:600] + "…")
+
+
 def _pdf_string(text: str) -> bytes:
     """A PDF literal string in WinAnsi: backslash and parentheses escaped, others replaced."""
     data = text.encode("cp1252", errors="replace")

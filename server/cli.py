@@ -312,13 +312,14 @@ def demo(host: str, port: int, data_dir: Path | None, delay_minutes: int) -> Non
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         run_migrations()
-        asyncio.run(seed_demo(delay_minutes=delay_minutes))
         passwords = {}
         for role in ("admin", "sales", "content"):
             password_file = settings.data_dir / f"{role}-password"
             known = password_file.read_text().strip() if password_file.exists() else None
             passwords[role] = ensure_admin(role, known, f"{role}@leadkiln.localhost", role)
             write_private(password_file, passwords[role])
+        # After the users: the demo's history names the sales user as owner of the leads it worked.
+        asyncio.run(seed_demo(delay_minutes=delay_minutes))
         if not settings.redis_url:
             redis = EmbeddedRedis(settings.data_dir).start()
             os.environ["REDIS_URL"] = redis.url

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 from content.tables import Chain, ChainStatus, Ebook, LandingPage, Offer, OfferKind, Step, StepKind
 from landing.tables import Event, Lead, LeadStage, Topic, UrlTopic
-from scoring.service import rescore_lead
 from scoring.tables import ScoringRule
+from server.demo_history import seed_history
 
 TOPICS = [
     {
@@ -35,10 +35,10 @@ TOPICS = [
 ]
 
 LETTERS = [
-    ("Your ebook: {{ topic.name }} starts here", "Hi {{ lead.first_name | default(\"there\") }},\n\nThanks for downloading our {{ topic.name }} ebook. Start with chapter one: it takes ten minutes.\n"),
-    ("The one {{ topic.name }} mistake we see every week", "Hi {{ lead.first_name | default(\"there\") }},\n\nMost teams measure the wrong thing first. Here is how to spot it.\n"),
+    ("Your ebook: {{ topic.name }} starts here", "Hi {{ lead.first_name | default(\"there\") }},\n\nThanks for downloading our {{ topic.name }} ebook. Start with chapter one: it takes ten minutes.\n\n[Open the guide]({{ site.url }}/l/{{ topic.slug }})\n"),
+    ("The one {{ topic.name }} mistake we see every week", "Hi {{ lead.first_name | default(\"there\") }},\n\nMost teams measure the wrong thing first. Here is how to spot it: [the two-minute test]({{ site.url }}/l/{{ topic.slug }}).\n"),
     ("A checklist for your next {{ topic.name }} review", "Hi {{ lead.first_name | default(\"there\") }},\n\n* Look at last month's numbers\n* Pick one thing to fix\n* Measure again in two weeks\n\nThe whole checklist is in the guide: [open it again]({{ site.url }}/l/{{ topic.slug }}).\n"),
-    ("How a team like yours doubled results", "Hi {{ lead.first_name | default(\"there\") }},\n\nA short story of a client who fixed their {{ topic.name }} in six weeks.\n"),
+    ("How a team like yours doubled results", "Hi {{ lead.first_name | default(\"there\") }},\n\nA short story of a client who fixed their {{ topic.name }} in six weeks: [read how]({{ site.url }}/l/{{ topic.slug }}).\n"),
 ]
 
 
@@ -106,6 +106,7 @@ async def seed_demo(delay_minutes: int = 1, historical_leads: int = 150, seed: i
         )
     stages = [LeadStage.new] * 6 + [LeadStage.contacted] * 2 + [LeadStage.qualified, LeadStage.won, LeadStage.lost]
     companies = ["Acme", "Northwind", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay", "Stark", "Wayne", "Tyrell"]
+    demo_leads: list[tuple[int, int]] = []
     for n in range(historical_leads):
         created = now - timedelta(days=rng.randint(1, 90), hours=rng.randint(0, 23))
         lead = Lead(email=f"demo{n:03d}@example.com", first_name=rng.choice(["Ann", "Ben", "Cleo", "Dan", "Eva", "Femi", "Gus"]),
@@ -116,9 +117,12 @@ async def seed_demo(delay_minutes: int = 1, historical_leads: int = 150, seed: i
         events = [Event(type="download", lead=lead.id, topic=topic_id, properties={"demo": True}, occurred_at=created)]
         for _ in range(rng.randint(0, 12)):
             when = created + timedelta(days=rng.uniform(0, (now - created).days or 1))
-            kind = rng.choice(["page_view", "page_view", "email_open", "email_click"])
-            props = {"url": "/pricing"} if kind == "page_view" and rng.random() < 0.2 else {}
+            # Letters, their opens and clicks come with the chain history below.
+            kind = "page_view"
+            props = {"url": "/pricing"} if rng.random() < 0.2 else {}
             events.append(Event(type=kind, lead=lead.id, topic=topic_id, properties=props, occurred_at=min(when, now)))
         await Event.insert(*events)
-        await rescore_lead(lead.id, now)
+        demo_leads.append((lead.id, topic_id))
+    if demo_leads:
+        await seed_history(demo_leads, now, seed)
     return True

@@ -33,6 +33,7 @@ NAV = [
     ("Hot leads", "/desk/hot", SALES),
     ("Dashboard", "/desk/dashboard", CONTENT),
     ("Chains", "/desk/chains", CONTENT),
+    ("Ebooks", "/desk/ebooks", CONTENT),
     ("Scoring", "/desk/scoring", EVERYONE),
     ("Weekly report", "/desk/report", SALES),
 ]
