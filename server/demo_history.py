@@ -613,7 +613,11 @@ async def _settle_for_live_visitors(chains, lead_ids: list[int], rng: random.Ran
     from scoring.service import BECAME_HOT
 
     await Chain.update({Chain.holdout_percent: 0}).where(Chain.id.is_in([c.id for c in chains] or [-1]))
-    crossings = await Event.select(Event.id).where((Event.type == BECAME_HOT) & Event.lead.is_in(lead_ids or [-1]))
+    crossings = await Event.select(Event.id, Event.lead.created_at.as_alias("created_at")).where(
+        (Event.type == BECAME_HOT) & Event.lead.is_in(lead_ids or [-1]))
+    latest = now - timedelta(days=1, hours=6)
     for row in crossings:
-        when = now - timedelta(days=rng.uniform(1.5, 13), hours=rng.uniform(0, 23))
+        created = instant(row["created_at"])
+        # After the lead came, and older than the hand-off's one-day window when the lead allows.
+        when = created + (latest - created) * rng.uniform(0.3, 1.0) if created < latest else created
         await Event.update({Event.occurred_at: when}).where(Event.id == row["id"])

@@ -41,15 +41,16 @@ NAV = [
 
 
 def requires(roles: frozenset[Role]):
-    """A guard: a logged-in staff user with one of `roles`; the user lands on `request.state.staff`."""
+    """A guard: a logged-in staff user with one of `roles`; the user lands on `request.state.staff`
+    (also when the role is wrong, so the refusal page can show their menu)."""
 
     async def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         staff = await staff_for_session(connection.cookies.get(SESSION_COOKIE))
         if staff is None:
             raise NotAuthorizedException("Log in first.")
+        connection.state.staff = staff
         if not staff.may(roles):
             raise PermissionDeniedException(f"The {staff.role.value} role cannot open this page.")
-        connection.state.staff = staff
 
     guard.roles = roles  # type: ignore[attr-defined]  # read by the route-walking security tests
     return guard
@@ -91,7 +92,11 @@ def refused(request: Request, exc: Exception) -> Response:
         return Response({"status_code": 401, "detail": "Log in first."}, status_code=401)
     detail = getattr(exc, "detail", "Not allowed.")
     if wants_html:
-        return Template("desk/refused.html", context={"detail": detail}, status_code=403)
+        # A logged-in user of another role keeps the menu and Log out (the guard put them on the
+        # request before checking the role); a refusal with no user behind it gets the bare page.
+        staff = getattr(request.state, "staff", None)
+        context = page_context(request, detail=detail) if staff is not None else {"detail": detail}
+        return Template("desk/refused.html", context=context, status_code=403)
     return Response({"status_code": 403, "detail": detail}, status_code=403)
 
 

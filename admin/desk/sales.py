@@ -35,7 +35,7 @@ from landing.outcomes import (
 )
 from landing.tables import Lead
 from landing.timeline import count_conversions, count_events, lead_conversions, lead_events, lead_profile
-from scoring.ranking import LeadFilter, Ranking, lead_scores, ranked_leads, score_history, topics
+from scoring.ranking import LeadFilter, Ranking, TopicScore, lead_scores, ranked_leads, score_history, topics
 
 PAGE_SIZE = 50
 TIMELINE_SHOWN = 300
@@ -336,6 +336,22 @@ async def timeline(lead_id: int, changes: list) -> tuple[list[TimelineItem], int
     return newest_first(items, TIMELINE_SHOWN), total
 
 
+# ----------------------------------------------------------------------------- scores
+
+
+def split_quiet_topics(scores: list[TopicScore]) -> tuple[list[TopicScore], list[str]]:
+    """The scores worth a row on the lead page, and the names of the topics the lead shows no
+    interest in yet (a 0.0 score with no factor), which the page lists on one line instead of a
+    row of zeros each."""
+    shown, quiet = [], []
+    for score in scores:
+        if not score.hot and not score.reasons and round(score.combined, 1) == 0:
+            quiet.append(score.topic_name)
+        else:
+            shown.append(score)
+    return shown, quiet
+
+
 # ----------------------------------------------------------------------------- charts
 
 
@@ -440,17 +456,17 @@ class SalesController(Controller):
     @get("/leads/{lead_id:int}")
     async def lead(self, request: Request, lead_id: int, saved: str | None = None) -> Response:
         """One lead: profile, scores and why, score history, timeline, stage and owner."""
-        confirmation = {"1": "Saved. The change is in the history below.",
+        confirmation = {"1": "Saved.",  # the page adds a link to the history of changes
                         "0": "Nothing changed: the lead already had this stage and owner."}.get(saved or "")
-        return await self._lead_page(request, lead_id, confirmation=confirmation)
+        return await self._lead_page(request, lead_id, confirmation=confirmation, saved=saved == "1")
 
     async def _lead_page(self, request: Request, lead_id: int, *, confirmation: str | None = None,
-                         error: str | None = None, status_code: int = 200,
+                         saved: bool = False, error: str | None = None, status_code: int = 200,
                          chosen: Mapping[str, str] | None = None) -> Response:
         profile = await lead_profile(lead_id) if 0 < lead_id <= MAX_ID else None
         if profile is None:
             return _refusal(request, HTTP_404_NOT_FOUND, f"There is no lead #{lead_id} (or it was erased).")
-        scores = await lead_scores(lead_id)
+        scores, quiet_topics = split_quiet_topics(await lead_scores(lead_id))
         histories = await score_history(lead_id)
         changes = await lead_changes(lead_id, max(CHANGES_SHOWN, TIMELINE_SHOWN))
         items, total = await timeline(lead_id, changes)
@@ -458,9 +474,10 @@ class SalesController(Controller):
         changes = changes[:CHANGES_SHOWN]
         owners = await assignable_owners()
         return Template("desk/sales/lead.html", status_code=status_code, context=page_context(
-            request, lead=profile, scores=scores, charts=history_charts(histories), items=items, total_items=total,
-            timeline_cap=TIMELINE_SHOWN, changes=changes, history_total=history_total, owners=owners, stages=STAGES, confirmation=confirmation,
-            error=error, chosen=chosen or {}, when=when, ago=ago, web_link=web_link, chart_css=charts.CHART_CSS))
+            request, lead=profile, scores=scores, quiet_topics=quiet_topics, charts=history_charts(histories),
+            items=items, total_items=total, timeline_cap=TIMELINE_SHOWN, changes=changes, history_total=history_total,
+            owners=owners, stages=STAGES, confirmation=confirmation, saved=saved, error=error, chosen=chosen or {},
+            when=when, ago=ago, web_link=web_link, chart_css=charts.CHART_CSS))
 
     @post("/leads/{lead_id:int}/outcome", status_code=HTTP_303_SEE_OTHER)
     async def outcome(self, request: Request, lead_id: int,
@@ -510,4 +527,4 @@ class SalesController(Controller):
 HANDLERS = [SalesController]
 
 __all__ = ["HANDLERS", "SalesController", "assignable_owners", "owner_problem", "record_admin_table_patch",
-           "web_link", "describe_event", "parse_hot_query"]
+           "web_link", "describe_event", "parse_hot_query", "split_quiet_topics"]

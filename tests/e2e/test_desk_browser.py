@@ -368,7 +368,7 @@ async def test_sales_finds_a_hot_lead_reads_why_and_sets_its_stage(page: Page, v
 
     # Filter by topic: only that topic's rows, the journey's lead on top, with its reasons.
     await page.locator("#f-topic").select_option(label=topic_name)
-    await press(page.get_by_role("button", name="Show", exact=True), viewport)
+    await press(page.get_by_role("button", name="Apply", exact=True), viewport)
     await page.wait_for_url(re.compile(rf"/desk/hot\?topic={topic}\b"))
     await expect(page.locator("#f-topic")).to_have_value(str(topic))
     assert set(await rows.evaluate_all("rows => rows.map(r => r.dataset.topic)")) == {str(topic)}

@@ -75,6 +75,14 @@ async def changes(lead_id: int) -> list[dict]:
     return await LeadChange.select().where(LeadChange.lead == lead_id).order_by(LeadChange.id)
 
 
+def change_rows(html: str) -> list[list[str]]:
+    """The lead page's history of changes, a row per change: what, from, to, who, where (the time left out)."""
+    table = html[html.index('id="changes"'):]
+    table = table[:table.index("</table>")]
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S) for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)]
+    return [[unescape(cell) for cell in row[1:]] for row in rows if row]
+
+
 async def post_outcome(client, lead_id: int, accept: str = "text/html", **data: str):
     token = await csrf_token(client, f"/desk/leads/{lead_id}")
     return await client.post(f"/desk/leads/{lead_id}/outcome", data={"_csrf_token": token, **data},
@@ -132,6 +140,7 @@ async def test_hot_leads_are_ranked_per_topic_with_reasons_and_every_filter_work
     assert "eager@example.com" in eager_row and "Globex" in eager_row and f'href="/desk/leads/{eager}"' in eager_row
     assert len(re.findall(r"<li>", eager_row)) == 3, "the top three reasons"
     assert "just now" in eager_row or "min ago" in eager_row, "last activity"
+    assert re.search(r'<button class="primary" type="submit">Apply</button>', page), "the filter button is no second Show"
 
     # Stage and owner filters read what sales recorded.
     await change_outcome(both, actor=Actor(maria, "maria"), stage="contacted", owner=maria)
@@ -203,7 +212,8 @@ async def test_the_lead_page_shows_profile_scores_explanation_chart_and_every_ki
     assert '<a href="https://mail.example/inbox"' in html, "an http(s) referrer is a link"
     # Scores with the explanation.
     assert "Visited pricing (1×)" in text and "Asked for an ebook (1×)" in text
-    assert re.search(r"<td>SEO</td>\s*<td class=\"num\"><strong>\d+\.\d</strong> <span class=\"badge hot\">", html)
+    assert re.search(r"<td class=\"topic\">SEO</td>\s*<td class=\"num\"><strong>\d+\.\d</strong> <span class=\"badge hot\">",
+                     html)
     # The score history chart: an inline SVG, a line per topic, the hot threshold.
     assert '<svg' in html and 'class="chart"' in html and "hot threshold 30" in html and "SEO" in html
     assert "svg.chart{max-width:100%" in html, "the chart CSS is on the page"
@@ -229,6 +239,19 @@ async def test_the_lead_page_shows_profile_scores_explanation_chart_and_every_ki
     assert int(re.search(r"Showing the latest 5 of (\d+)", capped).group(1)) >= total
 
 
+async def test_topics_the_lead_shows_no_interest_in_are_one_line_not_rows_of_zeros(client, catalog) -> None:
+    await make_staff("sam", "sales")
+    lead_id = await capture(client, "seo", "focused@example.com", first_name="Fay")
+    await rescore_lead(lead_id)
+    await desk_login(client, "sam")
+    html = (await client.get(f"/desk/leads/{lead_id}", headers={"accept": "text/html"})).text
+    assert re.findall(r'<td class="topic">([^<]+)</td>', html) == ["SEO"], "only the topic with interest has a row"
+    others = {t["name"] for t in await Topic.select(Topic.name).where(Topic.slug != "seo")}
+    line = re.search(r'<p class="quiet" id="quiet-topics"><span class="muted">No interest yet in:</span> ([^<]+)</p>', html)
+    assert len(others) == 2 and line and set(line.group(1).split(", ")) == others
+    assert "No factor yet." not in html
+
+
 # ----------------------------------------------------------------------------- stage and owner
 
 
@@ -250,10 +273,9 @@ async def test_stage_and_owner_changes_are_kept_with_who_and_when_and_a_no_op_wr
     assert all(c["changed_at"] >= before for c in kept)
 
     shown = await client.get(response.headers["location"], headers={"accept": "text/html"})
-    assert "Saved." in shown.text
-    history = shown.text[shown.text.index('id="changes"'):]
-    assert re.search(r"<td>stage</td><td>new</td><td>won</td>\s*<td>sam</td><td>desk</td>", history)
-    assert re.search(r"<td>owner</td><td>—</td><td>maria</td>\s*<td>sam</td><td>desk</td>", history)
+    assert 'Saved. The change is in the <a href="#changes">history</a> below.' in shown.text
+    assert change_rows(shown.text) == [["owner", "—", "maria", "sam", "desk"], ["stage", "new", "won", "sam", "desk"]] \
+        or change_rows(shown.text) == [["stage", "new", "won", "sam", "desk"], ["owner", "—", "maria", "sam", "desk"]]
     assert re.search(r'<option value="won" selected>', shown.text) and f'<option value="{maria}" selected>' in shown.text
 
     # The same values again: nothing written, outcome time kept, and the page says so.
@@ -361,6 +383,23 @@ async def test_the_content_role_and_anonymous_visitors_are_refused_and_change_no
     assert (await Lead.objects().get(Lead.id == lead_id)).stage == "new" and await LeadChange.count() == 0
 
 
+async def test_a_user_of_another_role_is_refused_with_their_own_menu(client, catalog) -> None:
+    await make_staff("cora", "content")
+    anonymous = await client.get("/desk/hot", headers={"accept": "text/html"})
+    assert anonymous.status_code == 303, "no user: the login page, as before"
+
+    await desk_login(client, "cora")
+    refused = await client.get("/desk/hot", headers={"accept": "text/html"})
+    assert refused.status_code == 403 and "Not for your role" in refused.text
+    header = refused.text[refused.text.index('<header class="bar">'):refused.text.index("</header>")]
+    assert 'href="/desk/dashboard"' in header and 'href="/desk/chains"' in header, "the content menu"
+    assert 'href="/desk/hot"' not in header, "not the sales pages it was refused"
+    assert "cora" in header and '<span class="role">content</span>' in header
+    assert 'action="/desk/logout"' in header and 'name="_csrf_token"' in header, "a working Log out"
+    as_json = await client.get("/desk/hot", headers={"accept": "application/json"})
+    assert as_json.status_code == 403 and as_json.json()["detail"] == "The content role cannot open this page."
+
+
 # ----------------------------------------------------------------------------- hostile lead data
 
 
@@ -428,4 +467,4 @@ async def test_a_stage_set_in_the_admin_table_is_kept_with_who_and_when(client, 
     assert (lead.stage, lead.owner) == ("qualified", maria) and len(await changes(lead_id)) == 2
 
     page = await client.get(f"/desk/leads/{lead_id}", headers={"accept": "text/html"})
-    assert re.search(r"<td>stage</td><td>new</td><td>qualified</td>\s*<td>sam</td><td>admin table</td>", page.text)
+    assert ["stage", "new", "qualified", "sam", "admin table"] in change_rows(page.text)

@@ -13,8 +13,10 @@ from admin.desk.sales import (
     describe_event,
     newest_first,
     parse_hot_query,
+    split_quiet_topics,
     web_link,
 )
+from scoring.ranking import Reason, TopicScore
 
 T0 = datetime(2026, 3, 2, 9, tzinfo=timezone.utc)
 
@@ -75,3 +77,17 @@ def test_ago_reads_like_a_person() -> None:
     assert ago(T0, T0 + timedelta(hours=3)) == "3 h ago"
     assert ago(T0, T0 + timedelta(days=1, hours=2)) == "1 day ago"
     assert ago(T0, T0 + timedelta(days=12)) == "12 days ago"
+
+
+def score(topic: str, combined: float, reasons: int = 0, hot: bool = False) -> TopicScore:
+    return TopicScore(1, topic, 30, combined, combined, None, "rules", hot,
+                      [Reason("Visited pricing (1×)", 1.0, "rules")] * reasons, T0)
+
+
+def test_topics_with_no_interest_collapse_into_one_line() -> None:
+    scores = [score("SEO", 41.0, 2, hot=True), score("Analytics", 0.0), score("Paid ads", 0.04),
+              score("Email", 0.0, 1), score("Video", 0.3)]
+    shown, quiet = split_quiet_topics(scores)
+    assert [s.topic_name for s in shown] == ["SEO", "Email", "Video"], "a factor or a visible score keeps its row"
+    assert quiet == ["Analytics", "Paid ads"], "shown as 0.0 with no factor: one line"
+    assert split_quiet_topics([]) == ([], [])
