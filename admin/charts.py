@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHART_CSS", "DASHES", "PALETTE", "bar_chart", "calibration", "comparison", "funnel", "lift_chart",
-    "line_chart", "nice_ticks", "roc_curve", "sparkline",
+    "line_chart", "nice_ticks", "percent", "roc_curve", "sparkline", "stacked_bars",
 ]
 
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#332288", "#B07800", "#882255", "#000000")
@@ -174,18 +174,23 @@ def _decimals_for(values: Sequence[float]) -> int:
     return 0 if magnitude >= 100 else 1 if magnitude >= 10 else 2 if magnitude >= 0.1 else 3
 
 
-def _percent(part: float, whole: float) -> str:
-    if whole <= 0:
-        return "–"
-    share = 100 * part / whole
+def percent(value: float) -> str:
+    """A fraction as a percentage with two significant figures, as the desk pages write rates
+    (content.dashboard.format_rate): 0.042 -> 4.2%, 0.25 -> 25%, 0 -> 0%, 0.0004 -> <0.1%."""
+    share = 100 * value
+    if share == 0:
+        return "0%"
     if 0 < share < 0.1:
         return "<0.1%"
-    return f"{share:.1f}%" if 0 < share < 10 else f"{share:.0f}%"
+    text = f"{share:.1f}%" if abs(round(share, 1)) < 10 else f"{share:.0f}%"
+    return text.replace("-", "−")
 
 
-def _rate(value: float) -> str:
-    """A rate given as a fraction, as a percentage: 0.0423 -> 4.2%."""
-    return f"{100 * value:.1f}%".replace("-", "−")
+def _percent(part: float, whole: float) -> str:
+    return percent(part / whole) if whole > 0 else "–"
+
+
+_rate = percent
 
 
 def _signed_points(value: float, decimals: int = 1) -> str:
@@ -207,13 +212,16 @@ def _nice(value: float, round_: bool) -> float:
     return nice * 10 ** exponent
 
 
-def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+def nice_ticks(low: float, high: float, count: int = 5, *, integer: bool = False) -> list[float]:
     """About `count` round tick values (steps of 1, 2 or 5 x 10^n) from at or below `low` to at or above `high`.
 
     >>> nice_ticks(0, 100)
     [0.0, 20.0, 40.0, 60.0, 80.0, 100.0]
+    >>> nice_ticks(0, 3, integer=True)
+    [0.0, 1.0, 2.0, 3.0]
 
-    Equal bounds are widened (0..0 becomes 0..1); non-finite bounds give no ticks.
+    `integer` keeps the step whole, for counts: no 0.5 lead. Equal bounds are widened (0..0
+    becomes 0..1); non-finite bounds give no ticks.
     """
     if _finite(low) is None or _finite(high) is None:
         return []
@@ -221,10 +229,17 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     if low == high:
         low, high = (0.0, 1.0) if low == 0 else (low - abs(low) / 10, high + abs(high) / 10)
     step = _nice(_nice(high - low, round_=False) / max(count - 1, 1), round_=True)
+    if integer:
+        step = max(step, 1.0)
     first = math.floor(low / step + 1e-9)
     last = math.ceil(high / step - 1e-9)
     decimals = _decimals(step) + 1
     return [round(index * step, decimals) + 0.0 for index in range(first, last + 1)]
+
+
+def _whole(values: Sequence[float]) -> bool:
+    """Whether every value is a whole number: counts, which get whole-number ticks."""
+    return all(float(value).is_integer() for value in values)
 
 
 def _tick_labels(ticks: Sequence[float], format_: Callable[[float], str] | None = None) -> list[str]:
@@ -346,18 +361,24 @@ def _style(index: int) -> tuple[str, str | None]:
     return PALETTE[index % len(PALETTE)], DASHES[(index + index // len(PALETTE)) % len(DASHES)]
 
 
-def _legend(names: Sequence[str], left: float, top: float, width: float) -> tuple[str, float]:
-    """Legend entries (line sample and name) flowed into rows; returns the markup and its height."""
+def _legend(names: Sequence[str], left: float, top: float, width: float,
+            swatch: bool = False) -> tuple[str, float]:
+    """Legend entries (line sample, or a colour `swatch` for bars, and name) flowed into rows;
+    returns the markup and its height."""
     parts, x, y, row_height = [], left, top, 16.0
+    sample = 14.0 if swatch else 30.0
     for index, name in enumerate(names):
         shown, _ = _fit(name, 170)
-        entry_width = 30 + _text_width(shown, _FONT) + 16
+        entry_width = sample + _text_width(shown, _FONT) + 16
         if x > left and x + entry_width > left + width:
             x, y = left, y + row_height
         colour, dash = _style(index)
-        parts.append(_tag("line", x1=float(x), x2=x + 24.0, y1=y + 6.0, y2=y + 6.0, stroke=colour,
-                          stroke_width=2.5, stroke_dasharray=dash))
-        parts.append(_text(x + 30, y + 10, name, max_width=170))
+        if swatch:
+            parts.append(_tag("rect", x=float(x), y=y + 1.0, width=10.0, height=10.0, fill=PALETTE[index % len(PALETTE)]))
+        else:
+            parts.append(_tag("line", x1=float(x), x2=x + 24.0, y1=y + 6.0, y2=y + 6.0, stroke=colour,
+                              stroke_width=2.5, stroke_dasharray=dash))
+        parts.append(_text(x + sample, y + 10, name, max_width=170))
         x += entry_width
     return _tag("g", "".join(parts), class_="legend"), (y - top + row_height) if names else 0.0
 
@@ -425,7 +446,8 @@ def line_chart(
         y_low, y_high = sorted(y_range)
         y_ticks = [tick for tick in nice_ticks(y_low, y_high) if y_low <= tick <= y_high]
     else:
-        y_ticks = nice_ticks(min(0.0, min(ys)), max(ys)) if min(ys) >= 0 else nice_ticks(min(ys), max(ys))
+        integer = y_format is None and _whole(ys)
+        y_ticks = nice_ticks(min(0.0, min(ys)) if min(ys) >= 0 else min(ys), max(ys), integer=integer)
         y_low, y_high = y_ticks[0], y_ticks[-1]
     y_labels = _tick_labels(y_ticks, y_format)
 
@@ -509,21 +531,26 @@ def bar_chart(
     value_format: Callable[[float], str] | None = None,
     width: int = 600,
     bar_height: int = 16,
+    zero_message: str | None = None,
 ) -> Markup:
     """Horizontal bars, one per label, with the value at the end: feature importances, rules
     touched per week, leads per source, won rate per score band.
 
     Rows with a None or NaN value are dropped; negative values grow left from a zero line.
-    `value_format` formats values and axis ticks (e.g. ``lambda v: f"{v:.0%}"``). Raises
-    ValueError when `labels` and `values` differ in length (a caller's bug, not bad data).
+    `value_format` formats values and axis ticks (e.g. ``lambda v: f"{v:.0%}"``); without it,
+    whole numbers (counts) get whole-number ticks. `zero_message` (e.g. "No lead won yet") is
+    shown instead of a chart whose every value is zero. Raises ValueError when `labels` and
+    `values` differ in length (a caller's bug, not bad data).
     """
     rows = _rows(labels, values)
     if not rows:
         return _empty(title, width, 60)
     numbers = [value for _, value in rows]
+    if zero_message is not None and not any(numbers):
+        return _empty(title, width, 60, zero_message)
     decimals = _decimals_for(numbers)
     format_ = value_format or (lambda value: _number(value, decimals))
-    ticks = nice_ticks(min(0.0, *numbers), max(0.0, *numbers))
+    ticks = nice_ticks(min(0.0, *numbers), max(0.0, *numbers), integer=value_format is None and _whole(numbers))
     tick_labels = _tick_labels(ticks, value_format)
     value_width = max(_text_width(format_(value), 10) for value in numbers) + 8
 
@@ -550,47 +577,154 @@ def bar_chart(
     return _svg(width, bottom + 22, summary, "".join(parts))
 
 
-def funnel(stages: Sequence[tuple[str, int | None]], *, title: str = "Funnel", width: int = 600) -> Markup:
-    """A funnel as horizontal bars on a grey track, each with its count and its share of the
-    first and the previous stage: sent → opened → clicked → converted, or visitors → leads →
-    confirmed → engaged → hot → won.
+def funnel(stages: Sequence[tuple[str, int | None]], *, title: str = "Funnel", width: int = 600, base: int = 0,
+           nested: bool = True, notes: Mapping[str, str] | None = None) -> Markup:
+    """A funnel as horizontal bars on a grey track, each with its count and, under the bar, its
+    share of the `base` stage ("40% of sent") and, when the stages are `nested` (each a subset of
+    the one before), of the stage before it ("25% of opened").
 
-    Stages with a None or NaN count are dropped; negative counts show as 0.
+    Stages before `base` are context, drawn with their count and no share: visitors before leads,
+    when leads also come from imports without a tracked visit. A share over 100% (a stage larger
+    than the one it is measured against, which a subset cannot be) is written as a ratio ("3.2×
+    visitors"), never as a percentage of a whole it exceeds. `notes` adds a line to stages, by
+    label. Stages with a None or NaN count are dropped; negative counts show as 0.
     """
     rows = [(label, max(count, 0.0)) for label, count in _rows(*_unzip(stages))]
     if not rows:
         return _empty(title, width, 60)
-    first, largest = rows[0][1], max(count for _, count in rows)
-    notes = [""] + [f"{_percent(count, first)} of first · {_percent(count, previous)} of previous"
-                    for (_, previous), (_, count) in zip(rows, rows[1:])]
-    note_width = min(max(_text_width(note, _SMALL) for note in notes) + 4, width / 3)
+    base = min(max(base, 0), len(rows) - 1)
+    base_label, base_count = rows[base]
+    notes_by_stage = []
+    for index, (label, count) in enumerate(rows):
+        parts = []
+        if index > base:
+            parts.append(_share(count, base_count, base_label))
+            if nested and index - 1 > base:
+                parts.append(_share(count, rows[index - 1][1], rows[index - 1][0]))
+        extra = _clean((notes or {}).get(label, ""))
+        notes_by_stage.append(" · ".join(parts + ([extra] if extra else [])))
+    largest = max(count for _, count in rows)
+    count_width = max(_text_width(_number(count), _FONT) for _, count in rows) + 8
     label_width = _label_column([label for label, _ in rows], width)
-    left, right = label_width + 14, width - note_width - 12
+    left, right = label_width + 14, width - count_width - 4
     x = _Scale(0, largest or 1, left, right)
-    row_height, bar_height = 36.0, 24.0
+    has_notes = any(notes_by_stage)
+    row_height, bar_height = (38.0 if has_notes else 28.0), 20.0
 
     parts = []
-    for index, ((label, count), note) in enumerate(zip(rows, notes)):
-        row_top = 4 + index * row_height
-        middle = row_top + row_height / 2
+    for index, ((label, count), note) in enumerate(zip(rows, notes_by_stage)):
+        bar_top = 4 + index * row_height
+        middle = bar_top + bar_height / 2
         title_text = f"{label}: {_number(count)}" + (f" ({note})" if note else "")
-        parts.append(_text(label_width + 6, middle + 4, label, max_width=label_width, anchor="end"))
-        parts.append(_tag("rect", x=float(left), y=middle - bar_height / 2, width=float(right - left),
-                          height=bar_height, fill=_TRACK))
-        parts.append(_tag("rect", f"<title>{_esc(title_text)}</title>", x=float(left), y=middle - bar_height / 2,
+        context = index < base
+        parts.append(_text(label_width + 6, middle + 4, label, max_width=label_width, anchor="end",
+                           fill=_MUTED if context else _TEXT))
+        parts.append(_tag("rect", x=float(left), y=bar_top, width=float(right - left), height=bar_height, fill=_TRACK))
+        parts.append(_tag("rect", f"<title>{_esc(title_text)}</title>", x=float(left), y=bar_top,
                           width=max(x(count) - left, 1.0 if count else 0.0), height=bar_height,
-                          fill=PALETTE[0], class_="bar"))
-        count_y = middle + (4 if not note else -2)
-        parts.append(_text(right + 8, count_y, _number(count), bold=True))
+                          fill=_AXIS if context else PALETTE[0], class_="bar context" if context else "bar"))
+        parts.append(_text(right + 6, middle + 4, _number(count), bold=True))
         if note:
-            parts.append(_text(right + 8, middle + 11, note, size=_SMALL, fill=_MUTED, max_width=note_width))
+            parts.append(_text(left, bar_top + bar_height + 11, note, size=_SMALL, fill=_MUTED,
+                               max_width=width - left - 4, class_="share"))
     summary = _summary(title, [f"{label} {_number(count)}" + (f" ({note})" if note else "")
-                               for (label, count), note in zip(rows, notes)])
-    return _svg(width, 8 + row_height * len(rows), summary, "".join(parts))
+                               for (label, count), note in zip(rows, notes_by_stage)])
+    return _svg(width, 4 + row_height * len(rows) + (0 if has_notes else 4), summary, "".join(parts))
+
+
+def _share(count: float, whole: float, whole_label: str) -> str:
+    """`count` as a share of the stage `whole_label`: "40% of sent"; "3.2× visitors" past 100%."""
+    name = _clean(whole_label).lower()
+    if whole <= 0:
+        return f"– of {name}"
+    if count > whole:
+        return f"{count / whole:.1f}× {name}"
+    return f"{_percent(count, whole)} of {name}"
 
 
 def _unzip(pairs: Sequence[tuple[object, object]]) -> tuple[list[object], list[object]]:
     return [pair[0] for pair in pairs], [pair[1] for pair in pairs]
+
+
+def _category_label(value: object) -> str:
+    """A category on the x axis: a date as "9 Nov", anything else as text."""
+    if isinstance(value, datetime):
+        value = value.date()
+    if isinstance(value, date):
+        return f"{value.day} {_MONTHS[value.month - 1]}"
+    return _clean(value)
+
+
+def stacked_bars(
+    categories: Sequence[object],
+    series: Mapping[str, Sequence[float | None]],
+    *,
+    title: str = "Stacked bars",
+    value_format: Callable[[float], str] | None = None,
+    width: int = 600,
+    height: int = 200,
+) -> Markup:
+    """Vertical bars, one per category (dates are written "9 Nov"), each stacked from its series'
+    values in order, with its total on top and a colour legend: e.g. new leads per week by source.
+
+    `series` maps a name to one value per category; None, NaN and negative values count as 0,
+    series that are zero throughout are left out. Whole numbers (counts) get whole-number ticks.
+    Every segment has a tooltip with its category, series and value. `height` is the plot with
+    its axes; the legend adds rows below it. Raises ValueError when a series has not one value
+    per category (a caller's bug).
+    """
+    labels = [_category_label(category) for category in categories]
+    kept: list[tuple[str, list[float]]] = []
+    for name, values in series.items():
+        if len(values) != len(labels):
+            raise ValueError(f"series {name!r} has {len(values)} values for {len(labels)} categories")
+        numbers = [max(_finite(value) or 0.0, 0.0) for value in values]
+        if any(numbers):
+            kept.append((_clean(name), numbers))
+    if not labels or not kept:
+        return _empty(title, width, 60)
+    totals = [sum(numbers[index] for _, numbers in kept) for index in range(len(labels))]
+    all_values = [value for _, numbers in kept for value in numbers] + totals
+    integer = value_format is None and _whole(all_values)
+    format_ = value_format or (lambda value: _number(value, 0 if integer else _decimals_for(all_values)))
+    ticks = nice_ticks(0.0, max(totals), integer=integer)
+    tick_labels = _tick_labels(ticks, value_format)
+
+    left = max(_text_width(label, 10) for label in tick_labels) + 10
+    right = width - 6.0
+    top, bottom = 16.0, height - 24.0
+    y = _Scale(ticks[0], ticks[-1], bottom, top)
+    slot = (right - left) / len(labels)
+    bar_width = max(min(slot * 0.7, 48.0), 1.0)
+    # Every k-th category is labelled, so that labels never overlap.
+    widest = max(_text_width(label, 10) for label in labels) + 6
+    every = max(1, math.ceil(widest / slot))
+
+    parts = [_y_axis(ticks, tick_labels, y, left, right),
+             _tag("line", x1=float(left), x2=float(right), y1=bottom, y2=bottom, stroke=_AXIS)]
+    for index, (label, total) in enumerate(zip(labels, totals)):
+        centre = left + slot * (index + 0.5)
+        x0 = centre - bar_width / 2
+        base = 0.0
+        for series_index, (name, numbers) in enumerate(kept):
+            value = numbers[index]
+            if value <= 0:
+                continue
+            y_top, y_bottom = y(base + value), y(base)
+            parts.append(_tag("rect", f"<title>{_esc(f'{label}, {name}: {format_(value)}')}</title>",
+                              x=x0, y=y_top, width=bar_width, height=max(y_bottom - y_top, 0.5),
+                              fill=PALETTE[series_index % len(PALETTE)], stroke="#ffffff", stroke_width=0.75,
+                              class_="segment"))
+            base += value
+        if total > 0 and _text_width(format_(total), 10) <= slot:
+            parts.append(_text(centre, y(total) - 3, format_(total), anchor="middle", size=10, class_="total"))
+        if (len(labels) - 1 - index) % every == 0:  # counted from the newest, which is always labelled
+            parts.append(_text(centre, bottom + 15, label, anchor="middle", fill=_MUTED, size=10))
+    legend, legend_height = _legend([name for name, _ in kept], left, height - 2.0, width - left, swatch=True)
+    parts.append(legend)
+    span = f" ({labels[0]} to {labels[-1]})" if len(labels) > 1 else ""
+    summary = _summary(title, [f"{name} {format_(sum(numbers))}" for name, numbers in kept]) + span
+    return _svg(width, height + legend_height, summary, "".join(parts))
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -699,20 +833,42 @@ def _difference_strip(delta: Sequence[float], label: str, confidence: float, not
         _whisker(x(100 * low), x(100 * high), middle, 6.0),
         _tag("circle", f"<title>{_esc(spelled)}</title>", cx=x(100 * value), cy=float(middle), r=5.0,
              fill=_TEXT, class_="difference"),
-        _text(left, bottom + 32, spelled, size=10, fill=_TEXT, max_width=width - left - 4),
     ]
-    return _tag("g", "".join(parts), class_="difference-strip"), bottom + 40, f"{label} {spelled}"
+    # The sentence wraps rather than being cut: on a narrow chart it is most of what a reader needs.
+    lines = _wrap(spelled, width - 8, 10)
+    for index, line in enumerate(lines):
+        parts.append(_text(4, bottom + 32 + 13 * index, line, size=10, fill=_TEXT, max_width=width - 8,
+                           class_="spelled"))
+    return (_tag("g", "".join(parts), class_="difference-strip"), bottom + 27 + 13 * len(lines),
+            f"{label} {spelled}")
+
+
+def _wrap(text: str, max_width: float, size: float, max_lines: int = 3) -> list[str]:
+    """`text` broken at spaces into lines that fit `max_width`; the last line cut if more are needed."""
+    lines: list[str] = []
+    for word in _clean(text).split(" "):
+        if lines and _text_width(f"{lines[-1]} {word}", size) <= max_width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines - 1] + [" ".join(lines[max_lines - 1:])]
+    return lines
 
 
 def lift_chart(result: Comparison, *, treatment: str = "Treatment", control: str = "Control",
-               title: str = "Treatment vs control", width: int = 600) -> Markup:
-    """`comparison` for a content.experiments.Comparison: both rates, then the lift with its interval."""
-    relative = f"relative lift {result.relative_lift:+.0%}; " if result.relative_lift is not None else ""
+               title: str = "Treatment vs control", width: int = 600,
+               difference_label: str | None = None) -> Markup:
+    """`comparison` for a content.experiments.Comparison: both rates, then the lift with its interval
+    (labelled `difference_label`, "treatment − control" unless given), the p-value written as the
+    verdicts write it."""
+    from content.experiments import format_p
+
+    relative = f"relative lift {result.relative_lift:+.0%}; ".replace("-", "−") if result.relative_lift is not None else ""
     return comparison(
         [(treatment, result.treatment_rate, None, None), (control, result.control_rate, None, None)],
         difference=(result.difference, result.low, result.high), confidence=result.confidence,
-        note=relative + (f"p = {result.p_value:.3f}" if result.p_value >= 0.001 else "p < 0.001"),
-        title=title, width=width,
+        difference_label=difference_label, note=relative + format_p(result.p_value), title=title, width=width,
     )
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from statistics import NormalDist
 
 from content.chains import instant
-from content.experiments import Comparison, compare
+from content.delivery import lead_context
+from content.experiments import Comparison, compare, format_p
+from content.letters import LetterTemplateError, render_letter
+from content.results import SAMPLE_LEAD
 from content.tables import (
     Chain,
     ChainStatus,
@@ -21,7 +24,7 @@ from content.tables import (
     Suppression,
     SuppressionReason,
 )
-from landing.tables import Lead, Visitor
+from landing.tables import Lead, Topic, Visitor
 
 # ----------------------------------------------------------------------------- periods
 
@@ -225,6 +228,33 @@ def source_totals(weeks: Iterable[CohortWeek]) -> list[CohortRow]:
             for source, counts in sorted(totals.items(), key=lambda item: (-item[1].leads, item[0]))]
 
 
+@dataclass(frozen=True)
+class QuietWeeks:
+    """A run of consecutive weeks without new leads, shown as one line: `newest` back to `oldest`."""
+
+    newest: date
+    oldest: date
+
+    @property
+    def weeks(self) -> int:
+        return (self.newest - self.oldest).days // 7 + 1
+
+
+def cohort_runs(weeks: Sequence[CohortWeek]) -> list[CohortWeek | QuietWeeks]:
+    """The weeks as the cohort table lists them, in their order (newest first): each week with new
+    leads, and each run of weeks without any collapsed into one QuietWeeks."""
+    runs: list[CohortWeek | QuietWeeks] = []
+    for week in weeks:
+        last = runs[-1] if runs else None
+        if week.rows:
+            runs.append(week)
+        elif isinstance(last, QuietWeeks):
+            runs[-1] = QuietWeeks(max(last.newest, week.week), min(last.oldest, week.week))
+        else:
+            runs.append(QuietWeeks(week.week, week.week))
+    return runs
+
+
 def _week_sql(engine: str) -> str:
     """The Monday (UTC) of the lead's capture, as YYYY-MM-DD text, in the engine's own dialect."""
     if engine == "postgres":
@@ -335,20 +365,58 @@ async def chain_summaries(now: datetime | None = None) -> list[ChainSummary]:
     return list(summaries.values())
 
 
-async def version_subjects(chain_id: int) -> dict[tuple[int, str], str]:
+@dataclass(frozen=True)
+class SubjectLine:
+    """A step version's subject as the page shows it: rendered for the chain's topic and the sample
+    lead, or, when the template does not render, the raw text with the renderer's error."""
+
+    text: str
+    raw: str
+    error: str = ""
+
+    @property
+    def rendered(self) -> bool:
+        return not self.error
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def render_subject(raw: str, context: Mapping[str, object], where: str) -> SubjectLine:
+    """`raw` through the letters' own sandboxed renderer (the subject alone: the body is not needed)."""
+    try:
+        return SubjectLine(render_letter(raw, "", dict(context), where).subject, raw)
+    except LetterTemplateError as exc:
+        return SubjectLine(raw, raw, str(exc))
+
+
+def sample_context(topic: Topic | None, chain: Chain | None) -> dict[str, object]:
+    """What a letter's template sees for the sample lead the step preview uses, on this chain's topic."""
+    return lead_context(SAMPLE_LEAD, topic, chain) | {
+        "unsubscribe_url": "https://example.com/u/sample", "preferences_url": "https://example.com/p/sample",
+        "offer": {"url": "https://example.com/offer"}}
+
+
+async def version_subjects(chain_id: int) -> dict[tuple[int, str], SubjectLine]:
     """The subject each step version sends, keyed as the results are: (position, "" / "A" / "B" /
-    "hot" / "cold"). Variant B without a subject of its own sends A's."""
-    subjects: dict[tuple[int, str], str] = {}
+    "hot" / "cold"), rendered for the chain's topic and the sample lead. Variant B without a subject
+    of its own sends A's."""
+    chain = await Chain.objects().where(Chain.id == chain_id).first()
+    topic = await Topic.objects().where(Topic.id == chain.topic).first() if chain is not None else None
+    context = sample_context(topic, chain)
+    raw: dict[tuple[int, str], str] = {}
     for step in await Step.select(Step.position, Step.subject, Step.subject_b).where(Step.chain == chain_id):
         for version in ("", "A"):
-            subjects[(step["position"], version)] = step["subject"]
-        subjects[(step["position"], "B")] = step["subject_b"].strip() or step["subject"]
+            raw[(step["position"], version)] = step["subject"]
+        raw[(step["position"], "B")] = step["subject_b"].strip() or step["subject"]
     offers = {o["kind"]: o["subject"] for o in await Offer.select(Offer.kind, Offer.subject).where(Offer.chain == chain_id)}
-    for (position, version) in list(subjects):
+    for (position, version) in list(raw):
         if version == "":
             for kind, subject in offers.items():
-                subjects.setdefault((position, kind), subject)
-    return subjects
+                raw.setdefault((position, kind), subject)
+    return {(position, version): render_subject(
+                subject, context, f"step {position}" + (f" {version}" if version else ""))
+            for (position, version), subject in raw.items()}
 
 
 # ----------------------------------------------------------------------------- A/B and lift in plain words
@@ -362,11 +430,6 @@ def sample_size_per_group(rate_a: float, rate_b: float, confidence: float = 0.95
     z = NormalDist().inv_cdf(0.5 + confidence / 2) + NormalDist().inv_cdf(power)
     variance = rate_a * (1 - rate_a) + rate_b * (1 - rate_b)
     return max(math.ceil(z * z * variance / (rate_a - rate_b) ** 2), 1)
-
-
-def format_p(p_value: float) -> str:
-    """p < 0.001, p = 0.012, p = 0.31: three decimals near the usual lines, two above them."""
-    return "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3f}" if p_value < 0.1 else f"p = {p_value:.2f}"
 
 
 def verdict(result: Comparison | None, sizes: tuple[int, int], *, first: str = "B", second: str = "A",
@@ -526,38 +589,65 @@ def _over(count: int, total: int, threshold: float) -> bool:
 
 
 def format_rate(value: float | None) -> str:
-    """A fraction as a percentage, as the desk pages write one: 0.042 -> 4.2%, 0.25 -> 25%; None -> –."""
+    """A fraction as a percentage, as every desk page, chart and the PDF write one: two significant
+    figures (one decimal below 10%, none from 10% up), so 0.042 -> 4.2%, 0.25 -> 25%; exactly zero
+    is 0%, a trace <0.1%; None -> –. (admin.charts writes its percentages with the same rule.)"""
     if value is None:
         return "–"
     share = 100 * value
+    if share == 0:
+        return "0%"
     if 0 < share < 0.1:
         return "<0.1%"
-    return f"{share:.1f}%" if share < 10 else f"{share:.0f}%"
+    text = f"{share:.1f}%" if abs(round(share, 1)) < 10 else f"{share:.0f}%"
+    return text.replace("-", "−")
 
 
-def rate_warnings(per_chain: Iterable[MailHealth], overall: MailHealth, bounce_warn: float, complaint_warn: float,
+def _sole_source(per_chain: Sequence[MailHealth], count: Callable[[MailHealth], int],
+                 overall: MailHealth) -> MailHealth | None:
+    """The one chain that accounts for every bounce (or complaint) counted overall, if there is one."""
+    total = count(overall)
+    having = [health for health in per_chain if count(health) > 0]
+    return having[0] if total > 0 and len(having) == 1 and count(having[0]) == total else None
+
+
+def rate_warnings(per_chain: Sequence[MailHealth], overall: MailHealth, bounce_warn: float, complaint_warn: float,
                   days: int = 30) -> list[ContentWarning]:
-    """Bounce and complaint rates at or over their thresholds, overall first, then per chain."""
+    """Bounce and complaint rates at or over their thresholds, overall first, then per chain.
+
+    When one chain accounts for all of the bounces (or complaints) counted overall, the overall
+    warning would repeat the chain's about the same letters: only the chain's is given, saying so."""
+    per_chain = list(per_chain)
     warnings = []
+    # A chain with every bounce has a rate at least the overall one (its letters are a part of all):
+    # when the overall rate warns, so does the chain's.
+    sole_bouncer = (_sole_source(per_chain, lambda h: h.bounced, overall)
+                    if _over(overall.bounced, overall.attempted, bounce_warn) else None)
+    sole_complainer = (_sole_source(per_chain, lambda h: h.complaints, overall)
+                       if _over(overall.complaints, overall.delivered, complaint_warn) else None)
     for health in (overall, *per_chain):
         is_chain = health.chain_id is not None
         links = ((("Results", f"/desk/chains/{health.chain_id}"), ("Pause or fix the chain", admin_row("chain", health.chain_id)))
                  if is_chain else (("Suppressed addresses", "/admin/#/suppression/"), ("Send ledger", "/admin/#/delivery/")))
         subject = health.name
-        if _over(health.bounced, health.attempted, bounce_warn):
+        if _over(health.bounced, health.attempted, bounce_warn) and not (not is_chain and sole_bouncer is not None):
             rate = format_rate(health.bounced / health.attempted) if health.attempted else "–"
+            whole = (f" This chain has every bounce over all chains ({format_rate(overall.bounce_rate)} of "
+                     f"{_plural(overall.attempted, 'letter')})." if health is sole_bouncer else "")
             warnings.append(ContentWarning(
                 "bounce_rate", "err", subject,
                 f"bounce rate {rate} over the last {days} days ({health.bounced:,} of {_plural(health.attempted, 'letter')}), "
-                f"at or over the {format_rate(bounce_warn)} warning line: check where these addresses come from "
-                f"(typos on a form, an old import) before mailbox providers start refusing the rest.", links))
-        if _over(health.complaints, health.delivered, complaint_warn):
+                f"at or over the {format_rate(bounce_warn)} warning line: check where these addresses come from (typos "
+                f"on a form, an old import) before mailbox providers start refusing the rest.{whole}", links))
+        if _over(health.complaints, health.delivered, complaint_warn) and not (not is_chain and sole_complainer is not None):
             rate = format_rate(health.complaints / health.delivered) if health.delivered else "–"
+            whole = (f" This chain has every complaint over all chains ({format_rate(overall.complaint_rate)} of "
+                     f"{_plural(overall.delivered, 'letter')} delivered)." if health is sole_complainer else "")
             warnings.append(ContentWarning(
                 "complaint_rate", "err", subject,
                 f"spam complaint rate {rate} over the last {days} days ({_plural(health.complaints, 'complaint')}, "
-                f"{_plural(health.delivered, 'letter')} delivered), at or over the {format_rate(complaint_warn)} warning "
-                f"line: fewer, more relevant letters, and a plain unsubscribe link.", links))
+                f"{_plural(health.delivered, 'letter')} delivered), at or over the {format_rate(complaint_warn)} "
+                f"warning line: fewer, more relevant letters, and a plain unsubscribe link.{whole}", links))
     return warnings
 
 

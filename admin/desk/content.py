@@ -4,8 +4,7 @@ data → chart steps that the weekly PDF report draws with too."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
-from typing import Any
+from datetime import date, datetime, timezone
 
 from litestar import Controller, Request, get
 from litestar.params import FromPath, FromQuery
@@ -13,7 +12,7 @@ from litestar.response import Template
 from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_404_NOT_FOUND
 from markupsafe import Markup
 
-from admin.charts import CHART_CSS, bar_chart, comparison, funnel, lift_chart, line_chart
+from admin.charts import CHART_CSS, bar_chart, comparison, funnel, lift_chart, stacked_bars
 from admin.desk.auth import page_context, requires
 from admin.roles import CONTENT
 from content.dashboard import (
@@ -28,6 +27,7 @@ from content.dashboard import (
     admin_row,
     chain_state,
     chain_summaries,
+    cohort_runs,
     content_warnings,
     format_p,
     format_rate,
@@ -64,8 +64,16 @@ def relative(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:+.0f}%".replace("-", "−")
 
 
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def short_date(day: date) -> str:
+    """A day as a table cell on a phone has room for: 9 Nov (in English, whatever the server's locale)."""
+    return f"{day.day} {_MONTHS[day.month - 1]}"
+
+
 HELPERS = {"pct": pct, "rate": rate, "points": points, "relative": relative, "format_p": format_p,
-           "admin_row": admin_row}
+           "admin_row": admin_row, "short_date": short_date}
 """Formatting functions every content template (and the PDF report's) may call."""
 
 
@@ -83,10 +91,18 @@ def step_key(step: StepResult) -> str:
     return f"step:{step.position}:{step.version}"
 
 
-def step_funnel(step: StepResult, width: int = 440) -> Markup:
-    """Sent → opened → clicked → converted for one step version."""
-    return funnel([("Sent", step.sent), ("Opened", step.opened), ("Clicked", step.clicked), ("Converted", step.converted)],
-                  title=f"{version_label(step)}: funnel", width=width)
+CHART_WIDTH = 360
+"""Width of a chart in a page column. A phone shows it at about 330 px, so its 11 px text stays about
+10 px there; a desktop shows it at its own size, in a column of two or three."""
+
+
+def step_funnel(step: StepResult, width: int = CHART_WIDTH) -> Markup:
+    """Sent → delivered → opened → clicked → converted for one step version, the shares of delivered
+    letters as in the step table (converted is not a subset of clicked: a lead may convert without
+    clicking, so no stage is given as a share of the one before)."""
+    return funnel([("Sent", step.sent), ("Delivered", step.delivered), ("Opened", step.opened),
+                   ("Clicked", step.clicked), ("Converted", step.converted)],
+                  title=f"{version_label(step)}: funnel", width=width, base=1, nested=False)
 
 
 def offer_steps(results: ChainResults) -> dict[str, StepResult]:
@@ -101,16 +117,20 @@ def ab_pairs(results: ChainResults) -> list[tuple[StepResult, StepResult]]:
             for position in sorted({p for p, v in versions if v == "B"}) if (position, "A") in versions]
 
 
-def chain_charts(results: ChainResults, width: int = 600) -> dict[str, Markup]:
+OFFERS_TITLE = "Conversion per delivered letter"
+
+
+def chain_charts(results: ChainResults, width: int = CHART_WIDTH) -> dict[str, Markup]:
     """Every chart of a chain's results, as inline SVG for a page or the PDF report.
 
     Keys: `step:<position>:<version>` (each step version's funnel), `experiment` (treatment vs
     control, when the chain has a control group), `variants` (B vs A conversion), `clicks:<position>`
     (B vs A click rate per A/B step), `offers` (hot vs cold offer conversion), `sent` (letters per step).
     """
-    charts: dict[str, Markup] = {step_key(s): step_funnel(s, width=min(width, 440)) for s in results.steps}
+    charts: dict[str, Markup] = {step_key(s): step_funnel(s, width=width) for s in results.steps}
     if results.experiment is not None:
-        charts["experiment"] = lift_chart(results.experiment, title="Conversion: treatment vs control", width=width)
+        charts["experiment"] = lift_chart(results.experiment, title="Conversion: treatment vs control", width=width,
+                                          difference_label="Lift")
     if results.variants is not None:
         charts["variants"] = lift_chart(results.variants, treatment="B", control="A",
                                         title="Conversion: variant B vs A (treatment group)", width=width)
@@ -122,7 +142,7 @@ def chain_charts(results: ChainResults, width: int = 600) -> dict[str, Markup]:
         charts["offers"] = comparison(
             [(f"{kind.capitalize()} offer", offers[kind].converted / offers[kind].delivered, None, None)
              for kind in ("hot", "cold") if kind in offers and offers[kind].delivered],
-            title="Offer conversion (converted per delivered letter)", width=width)
+            title=OFFERS_TITLE, width=width)
     charts["sent"] = bar_chart([version_label(s) for s in results.steps], [s.sent for s in results.steps],
                                title="Letters sent per step", width=width)
     return charts
@@ -151,42 +171,56 @@ def chain_verdicts(results: ChainResults) -> dict[str, str]:
 TOP_SOURCES = 6
 
 
-def weekly_series(weeks: Sequence[CohortWeek], top: int = TOP_SOURCES) -> dict[str, list[tuple[Any, int]]]:
-    """New leads per week for the biggest sources (the rest as "other sources"), oldest week first."""
+def weekly_counts(weeks: Sequence[CohortWeek], top: int = TOP_SOURCES) -> tuple[list[date], dict[str, list[int]]]:
+    """The weeks, oldest first, and new leads per week for the biggest sources (the rest as "other
+    sources"), one count per week: the stacked bars of new leads per week."""
     totals: dict[str, int] = {}
     for week in weeks:
         for row in week.rows:
             totals[row.source] = totals.get(row.source, 0) + row.counts.leads
     biggest = [source for source, _ in sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:top]]
-    series: dict[str, list[tuple[Any, int]]] = {source: [] for source in biggest}
-    rest = len(totals) > len(biggest)
-    if rest:
+    ordered = sorted(weeks, key=lambda w: w.week)
+    series: dict[str, list[int]] = {source: [] for source in biggest}
+    if len(totals) > len(biggest):
         series["other sources"] = []
-    for week in sorted(weeks, key=lambda w: w.week):
+    for week in ordered:
         by_source = {row.source: row.counts.leads for row in week.rows}
         for source in biggest:
-            series[source].append((week.week, by_source.get(source, 0)))
-        if rest:
-            series["other sources"].append((week.week, sum(n for s, n in by_source.items() if s not in biggest)))
-    return series
+            series[source].append(by_source.get(source, 0))
+        if "other sources" in series:
+            series["other sources"].append(sum(n for s, n in by_source.items() if s not in biggest))
+    return [week.week for week in ordered], series
+
+
+def funnel_notes(lead_funnel: Funnel) -> dict[str, str]:
+    """The note under Visitors: they are counted apart, since a lead needs no tracked visit (an
+    import, a lead from the API), so leads may outnumber them."""
+    return {"Visitors": "counted apart: leads need no tracked visit"}
 
 
 def dashboard_charts(lead_funnel: Funnel, weeks: Sequence[CohortWeek], sources: Sequence[CohortRow],
-                     width: int = 600) -> dict[str, Markup]:
+                     width: int = CHART_WIDTH) -> dict[str, Markup]:
     """The dashboard's charts for a page or the PDF report.
 
-    Keys: `funnel` (visitors → won), `weekly` (new leads per week by source), `sources` (leads per
-    source over the weeks shown), `source_engaged` and `source_won` (their shares per source).
+    Keys: `funnel` (visitors, then leads → won as shares of leads), `weekly` (new leads per week,
+    stacked by source), `sources` (leads per source over the weeks shown), `source_engaged` and
+    `source_won` (their shares per source).
     """
     labels = [row.source for row in sources]
+    categories, weekly = weekly_counts(weeks)
     return {
-        "funnel": funnel(lead_funnel.stages(), title=f"Funnel, {lead_funnel.period.label.lower()}", width=width),
-        "weekly": line_chart(weekly_series(weeks), title="New leads per week by source", width=max(width, 900)),
+        # Each stage is counted among the period's leads on its own (a lead can be won without
+        # engaging), so every share is of the leads, none of the stage before.
+        "funnel": funnel(lead_funnel.stages(), title=f"Funnel, {lead_funnel.period.label.lower()}", width=width,
+                         base=1, nested=False, notes=funnel_notes(lead_funnel)),
+        "weekly": stacked_bars(categories, weekly, title="New leads per week by source", width=width),
         "sources": bar_chart(labels, [row.counts.leads for row in sources], title="New leads per source", width=width),
         "source_engaged": bar_chart(labels, [row.counts.share("engaged") for row in sources],
-                                    title="Engaged share per source", value_format=rate, width=width),
+                                    title="Engaged share per source", value_format=rate, width=width,
+                                    zero_message="No lead engaged yet"),
         "source_won": bar_chart(labels, [row.counts.share("won") for row in sources],
-                                title="Won share per source", value_format=rate, width=width),
+                                title="Won share per source", value_format=rate, width=width,
+                                zero_message="No lead won yet"),
     }
 
 
@@ -227,7 +261,7 @@ class ContentController(Controller):
         return Template("desk/content/chain.html", context=page_context(
             request, chain=chain, topic=chain.topic.name if chain.topic else "", state=state, results=results,
             subjects=subjects, charts=chain_charts(results), verdicts=chain_verdicts(results), chart_css=CHART_CSS,
-            label=version_label, key=step_key, offers=offer_steps(results), ab=ab_pairs(results),
+            label=version_label, key=step_key, offers=offer_steps(results), ab=ab_pairs(results), offers_title=OFFERS_TITLE,
             sent_total=sum(s.sent for s in results.steps), chain_form=CHAIN_FORM, **HELPERS))
 
     @get("/dashboard")
@@ -245,7 +279,7 @@ class ContentController(Controller):
         warnings = await content_warnings(now)
         return Template("desk/content/dashboard.html", context=page_context(
             request, period=chosen, periods=PERIODS, funnel=overall, weeks=weeks, sources=sources, warnings=warnings,
-            stage_help=STAGE_HELP, charts=dashboard_charts(overall, weeks, sources),
+            stage_help=STAGE_HELP, charts=dashboard_charts(overall, weeks, sources), runs=cohort_runs(weeks),
             chart_css=CHART_CSS, no_source=NO_SOURCE, **HELPERS))
 
 

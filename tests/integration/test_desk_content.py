@@ -207,7 +207,7 @@ async def test_the_dashboard_cohort_table_shows_each_sources_shares(content_clie
     totals = page[page.index('class="source-totals"'):page.index("</table>", page.index('class="source-totals"'))]
     row = re.search(r'<th scope="row">ebook-pages</th><td class="num">4</td>\s*<td class="num">([^<]+)</td>'
                     r'<td class="num">([^<]+)</td>\s*<td class="num">([^<]+)</td><td class="num">([^<]+)</td>', totals)
-    assert row and row.groups() == ("75%", "0.0%", "0.0%", "25%"), totals
+    assert row and row.groups() == ("75%", "0%", "0%", "25%"), totals
     assert '<th scope="row">newsletter</th><td class="num">1</td>' in totals
     assert page.count('class="cohort') >= 2
 
@@ -325,10 +325,12 @@ async def test_bounce_and_complaint_rates_over_their_lines_warn_per_chain_and_ov
     warnings = await content_warnings(now + timedelta(seconds=1))
     assert health[chain.id].complaints == 0 and {h.chain_id: h for h in warnings.per_chain}[chain.id].complaints == 1
     assert warnings.overall.complaints == 1
-    assert _kinds(warnings) == [("complaint_rate", "All chains"), ("bounce_rate", chain.name),
-                                ("complaint_rate", chain.name)]
+    # The chain has the only complaint: one warning, the chain's, not a second about all chains.
+    assert _kinds(warnings) == [("bounce_rate", chain.name), ("complaint_rate", chain.name)]
+    assert "This chain has every complaint over all chains" in warnings.items[1].text
+    assert "every bounce" not in warnings.items[0].text, "the overall bounce rate is under its line"
     page = await _page(content_client, "/desk/dashboard")
-    assert page.count('data-kind="complaint_rate"') == 2 and page.count('data-kind="bounce_rate"') == 1
+    assert page.count('data-kind="complaint_rate"') == 1 and page.count('data-kind="bounce_rate"') == 1
     assert f'href="/desk/chains/{chain.id}"' in page
 
     # The lines come from the settings.
@@ -391,7 +393,7 @@ async def test_the_chains_list_shows_each_chain_with_its_numbers(content_client,
     row = page[page.index(f'<a href="/desk/chains/{chain.id}">'):]
     row = row[:row.index("</tr>")]
     lift = compare(2, 6, 1, 4)
-    for text in ("SEO", ">active<", "10", "6 treatment · 4 control", '<td class="num">10<span class="sub">1 bounced</span>', "33%", "2 of 6", "25%", "1 of 4",
+    for text in ("SEO", ">active<", "10", "6 treatment · 4 control", '<td class="num letters">10<span class="sub">1 bounced</span>', "33%", "2 of 6", "25%", "1 of 4",
                  "+8.3 pp", format_p(lift.p_value), "badge ok"):
         assert text in row, (text, row)
     assert re.search(r">draft</span>", page) and "starts 2031-01-06 09:00 UTC" in page and ">scheduled</span>" in page
@@ -419,7 +421,7 @@ async def test_a_chains_results_page_shows_steps_tests_and_lift(content_client, 
     assert step_row("step:5:hot") == ["1", "1", "0", "1", "1", "0", "0"]
     assert step_row("step:5:cold") == ["0", "0", "0", "0", "0", "0", "0"]
     assert "Let us look at your SEO" in page, "the offer step shows the hot offer's own subject"
-    assert "Offer conversion (converted per delivered letter)" in page, "the hot vs cold chart"
+    assert "<h3>Conversion per delivered letter</h3>" in page, "the hot vs cold chart, with what its % is"
     assert "Another subject" in page, "variant B shows its own subject"
 
     experiment = compare(2, 6, 1, 4)
@@ -455,6 +457,57 @@ async def test_the_chart_and_verdict_steps_serve_any_template_such_as_the_pdf_re
     drawn = dashboard_charts(await lead_funnel(parse_period("all"), now), weeks, source_totals(weeks))
     assert set(drawn) == {"funnel", "weekly", "sources", "source_engaged", "source_won"}
     assert "Leads 10" in str(drawn["funnel"]), "the funnel's summary names its counts"
+
+
+async def test_subjects_show_rendered_for_the_chains_topic_and_a_broken_one_as_written(content_client, catalog) -> None:
+    seo, chain, steps = await _topic_chain()
+    await Step.update({Step.subject: "Your ebook: {{ topic.name }} starts here"}).where(Step.id == steps[1])
+    await Step.update({Step.subject: "Hi {{ lead.nickname }}"}).where(Step.id == steps[3])
+    page = html.unescape(await _page(content_client, f"/desk/chains/{chain.id}"))
+    assert f"Your ebook: {seo.name} starts here" in page and "{{ topic.name }}" not in page
+    row = page[page.index('data-step="step:3:"'):]
+    row = row[:row.index("</tr>")]
+    assert "Hi {{ lead.nickname }}" in row and "does not render: shown as written" in row, row
+
+
+async def test_the_dashboard_funnel_gives_shares_of_leads_never_over_100_percent(content_client, catalog) -> None:
+    now = datetime.now(timezone.utc)
+    for n in range(3):
+        await _lead(f"imported{n}@example.com", now - timedelta(hours=n + 1), "import")
+    await Visitor(first_seen_at=now - timedelta(hours=1)).save()
+    funnel = await lead_funnel(parse_period("30"), now)
+    assert funnel.counts.leads > funnel.visitors
+    page = html.unescape(await _page(content_client, "/desk/dashboard"))
+    chart = page[page.index("<svg"):page.index("</svg>")]
+    assert "of leads" in chart and "of visitors" not in chart and "of first" not in chart
+    assert not re.search(r"\b(\d{4,}|[2-9]\d\d|1\d[1-9]|10[1-9])%", chart), "no share over 100%"
+    assert "counted apart: leads need no tracked visit" in chart
+    assert "No lead won yet" in page, "the won share chart says why it is empty"
+
+
+async def test_the_cohort_table_uses_short_dates_and_one_line_per_run_of_quiet_weeks(content_client, catalog) -> None:
+    now = datetime.now(timezone.utc)
+    await _lead("recent@example.com", now - timedelta(hours=1), "google")
+    await _lead("older@example.com", now - timedelta(weeks=5), "landing")
+    page = await _page(content_client, "/desk/dashboard")
+    table = page[page.index('class="cohorts"'):page.index("</table>", page.index('class="cohorts"'))]
+    assert table.count('class="week-start quiet"') == 2, "quiet weeks between and after, each run one line"
+    words = re.sub(r"<[^>]+>", "", table)
+    assert re.search(r"back to \d{1,2} [A-Z][a-z]{2}: no new leads in 4 weeks", words)
+    assert not re.search(r"\d{2} [A-Z][a-z]{2} \d{4}", table), "no long dates: 9 Nov, not 09 Nov 2026"
+    assert len(re.findall(r"<tr class=\"cohort", table)) == 2
+
+
+async def test_the_weekly_chart_stacks_sources_with_whole_number_ticks(content_client, catalog) -> None:
+    now = datetime.now(timezone.utc)
+    for n, source in enumerate(("google", "google", "landing")):
+        await _lead(f"w{n}@example.com", now - timedelta(hours=n + 1), source)
+    page = await _page(content_client, "/desk/dashboard")
+    section = page[page.index('id="sources-h"'):page.index('id="mail-h"')]
+    weekly = section[section.index("New leads per week</h3>"):]
+    weekly = weekly[:weekly.index("</svg>")]
+    assert weekly.count('class="segment"') == 2
+    assert not re.search(r">\d+\.5<", weekly), "no half a lead on the axis"
 
 
 async def test_a_chain_without_a_control_group_says_how_to_get_one(content_client, catalog) -> None:

@@ -45,6 +45,7 @@ def all_charts(label: str) -> dict[str, Markup]:
         "line": charts.line_chart({label: [(T0, 10), (T0 + timedelta(days=1), 20)], "other": [(T0, 5)]},
                                   title=label, y_range=(0, 100), threshold=70, threshold_label=label),
         "bar": charts.bar_chart([label, "short"], [3, 1], title=label),
+        "stacked": charts.stacked_bars([label, "b"], {label: [1, 2], "other": [0, 1]}, title=label),
         "funnel": charts.funnel([(label, 100), ("opened", 40)], title=label),
         "comparison": charts.comparison([(label, 0.05, 0.04, 0.06), ("B", 0.04, None, None)],
                                         difference=(0.01, -0.002, 0.022), note=label, title=label),
@@ -134,7 +135,7 @@ def test_line_chart_drops_numbers_among_dates() -> None:
 
 def test_line_chart_of_zeros_has_a_usable_axis() -> None:
     root = parse(charts.line_chart({"z": [(day, 0) for day in range(5)]}))
-    assert {"0.0", "1.0"} <= set(texts(root))
+    assert {"0", "1"} <= set(texts(root)), "whole-number ticks for whole numbers"
 
 
 def test_line_chart_time_axis_ticks_on_mondays() -> None:
@@ -188,14 +189,77 @@ def test_funnel_labels_each_stage_with_its_count_and_shares() -> None:
     assert len(find(root, "rect", "bar")) == 4
     labels = texts(root)
     assert {"Sent", "1,000", "400", "1"} <= set(labels)
-    assert "40% of first · 40% of previous" in labels
-    assert "10% of first · 25% of previous" in labels
-    assert "0.1% of first · 1.0% of previous" in labels
+    assert "40% of sent" in labels, "the share of the stage before is the share of the first: said once"
+    assert "10% of sent · 25% of opened" in labels
+    assert "0.1% of sent · 1.0% of clicked" in labels
 
 
 def test_funnel_survives_a_zero_first_stage() -> None:
     root = parse(charts.funnel([("Visitors", 0), ("Leads", 0), ("Won", None)]))
-    assert "– of first · – of previous" in texts(root)
+    assert "– of visitors" in texts(root)
+
+
+def test_funnel_shares_start_at_the_base_and_context_stages_get_none() -> None:
+    # Leads outnumber tracked visitors (imports): the shares start at Leads, Visitors is context.
+    root = parse(charts.funnel([("Visitors", 6), ("Leads", 19), ("Confirmed", 14), ("Won", 0)], base=1,
+                               nested=False, notes={"Visitors": "counted apart"}))
+    labels = texts(root)
+    assert "74% of leads" in labels and "0% of leads" in labels
+    assert "counted apart" in labels
+    assert not any("%" in label and "visitors" in label for label in labels)
+    assert len(find(root, "rect", "bar context")) == 1 and len(find(root, "rect", "bar")) == 3
+
+
+def test_funnel_never_writes_a_share_over_100_percent() -> None:
+    labels = texts(parse(charts.funnel([("Visitors", 6), ("Leads", 19), ("Confirmed", 14)])))
+    assert "3.2× visitors" in labels and "2.3× visitors · 74% of leads" in labels
+    assert not any(label.endswith("%") and int(label.split("%")[0].split(".")[0]) > 100
+                   for label in labels if label[:1].isdigit() and "%" in label)
+
+
+def test_funnel_shares_of_a_non_nested_funnel_are_all_of_the_base() -> None:
+    # Converted is not a subset of clicked: with nested=False it is a share of delivered only.
+    labels = texts(parse(charts.funnel([("Sent", 50), ("Delivered", 40), ("Opened", 20), ("Clicked", 4),
+                                        ("Converted", 6)], base=1, nested=False, width=360)))
+    assert {"50% of delivered", "10% of delivered", "15% of delivered"} <= set(labels)
+    assert not any("of clicked" in label or "of opened" in label for label in labels)
+    assert not any(label.endswith("…") for label in labels), "the shares fit a phone-width funnel uncut"
+
+
+# ----------------------------------------------------------------------------- stacked bars
+
+def test_stacked_bars_stack_each_categorys_series_with_its_total_on_top() -> None:
+    weeks = [date(2026, 11, 2), date(2026, 11, 9), date(2026, 11, 16)]
+    root = parse(charts.stacked_bars(weeks, {"landing": [2, 0, 1], "google": [1, 3, 0], "none": [0, 0, 0]},
+                                     title="New leads", width=360))
+    segments = find(root, "rect", "segment")
+    assert len(segments) == 4, "no segment for a zero"
+    assert [element.text for element in find(root, "text", "total")] == ["3", "3", "1"]
+    labels = texts(root)
+    assert {"2 Nov", "9 Nov", "16 Nov", "landing", "google"} <= set(labels)
+    assert "none" not in labels, "a series of zeros is left out of the legend"
+    assert "0.5" not in labels and "1.5" not in labels, "counts get whole-number ticks"
+    tooltips = [segment.find(f"{NS}title").text for segment in segments]
+    assert "9 Nov, google: 3" in tooltips
+    # The first week's stack: google sits on landing.
+    first = [s for s in segments if s.find(f"{NS}title").text.startswith("2 Nov")]
+    landing, google = sorted(first, key=lambda s: -float(s.get("y")))
+    assert float(google.get("y")) + float(google.get("height")) == pytest.approx(float(landing.get("y")))
+    assert "landing 3; google 4" in root.get("aria-label")
+
+
+def test_stacked_bars_label_every_other_category_when_crowded_and_always_the_newest() -> None:
+    weeks = [date(2026, 9, 7) + timedelta(weeks=n) for n in range(12)]
+    labels = texts(parse(charts.stacked_bars(weeks, {"a": list(range(12))}, width=300)))
+    shown = [label for label in labels if label.endswith(("Sep", "Oct", "Nov"))]
+    assert "23 Nov" in shown and 3 <= len(shown) < 12
+
+
+def test_stacked_bars_of_nothing_and_of_mismatched_lengths() -> None:
+    assert "chart-empty" in parse(charts.stacked_bars([], {})).get("class")
+    assert "chart-empty" in parse(charts.stacked_bars(["a"], {"x": [0]})).get("class")
+    with pytest.raises(ValueError):
+        charts.stacked_bars(["a", "b"], {"x": [1]})
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -210,6 +274,36 @@ def test_lift_chart_draws_both_rates_and_the_difference_with_its_interval() -> N
     assert spelled.startswith("+4.0 pp, 95% interval +1.4 pp to +6.6 pp (excludes 0)")
     assert "p = 0.003" in spelled
     assert "Men's email − No email" in texts(root)
+
+
+def test_lift_chart_writes_the_p_value_as_the_verdicts_do_and_wraps_the_sentence() -> None:
+    from content.experiments import format_p
+
+    result = compare(2, 6, 1, 4)
+    assert result.p_value > 0.1
+    root = parse(charts.lift_chart(result, width=360, difference_label="Lift"))
+    lines = [element.text for element in find(root, "text", "spelled")]
+    assert len(lines) >= 2, "a narrow chart wraps the sentence instead of cutting it"
+    assert not any(line.endswith("…") for line in lines)
+    spelled = " ".join(lines)
+    assert format_p(result.p_value) == "p = 0.78" and "p = 0.78" in spelled
+    assert f"p = {result.p_value:.3f}" not in spelled
+    assert "Lift" in texts(root)
+
+
+def test_the_difference_axis_stays_within_100_points() -> None:
+    # 5 of 5 against 1 of 5: the Wald interval reached +155 pp and the axis ran to +150 pp.
+    root = parse(charts.lift_chart(compare(5, 5, 1, 5)))
+    ticks = [text for text in texts(root) if text.endswith(" pp") and "," not in text]
+    assert ticks and all(abs(float(tick.removesuffix(" pp").replace("−", "-"))) <= 100 for tick in ticks), ticks
+
+
+def test_charts_write_percentages_as_the_desk_pages_do() -> None:
+    from content.dashboard import format_rate
+
+    for value in (0.0, 0.0004, 0.001, 0.003, 0.042, 0.0999, 0.0996, 0.1, 0.173, 0.5, 1.0, 1.5):
+        assert charts.percent(value) == format_rate(value), value
+    assert [charts.percent(v) for v in (0, 0.091, 0.17)] == ["0%", "9.1%", "17%"]
 
 
 def test_comparison_draws_per_group_intervals_and_a_difference_alone() -> None:
@@ -261,6 +355,30 @@ def test_sparkline_skips_gaps() -> None:
 ])
 def test_nice_ticks(low: float, high: float, ticks: list[float]) -> None:
     assert charts.nice_ticks(low, high) == ticks
+
+
+@pytest.mark.parametrize(("low", "high", "ticks"), [
+    (0, 3, [0, 1, 2, 3]),
+    (0, 1, [0, 1]),
+    (0, 0, [0, 1]),
+    (0, 7, [0, 2, 4, 6, 8]),
+    (0, 140, [0, 50, 100, 150]),
+])
+def test_nice_ticks_for_counts_are_whole_numbers(low: float, high: float, ticks: list[float]) -> None:
+    assert charts.nice_ticks(low, high, integer=True) == ticks
+
+
+def test_count_charts_have_no_fractional_ticks() -> None:
+    bar = texts(parse(charts.bar_chart(["a", "b"], [1, 2])))
+    assert "0.5" not in bar and "1.5" not in bar and {"0", "1", "2"} <= set(bar)
+    line = texts(parse(charts.line_chart({"a": [(0, 1), (1, 2)]})))
+    assert "0.5" not in line and "1.5" not in line
+
+
+def test_bar_chart_of_all_zeros_can_say_so() -> None:
+    root = parse(charts.bar_chart(["a", "b"], [0, 0], zero_message="No lead won yet"))
+    assert "No lead won yet" in texts(root) and not find(root, "rect", "bar")
+    assert "chart-empty" in root.get("class")
 
 
 def test_nice_ticks_of_nonsense_is_empty() -> None:

@@ -16,14 +16,19 @@ from content.dashboard import (
     LeadCounts,
     MailHealth,
     PeriodError,
+    CohortWeek,
+    QuietWeeks,
     build_cohorts,
     chain_state,
+    cohort_runs,
     cohort_weeks,
     ebook_warnings,
     format_p,
     format_rate,
     parse_period,
     rate_warnings,
+    render_subject,
+    sample_context,
     sample_size_per_group,
     source_totals,
     template_warnings,
@@ -186,12 +191,31 @@ def test_rates_at_or_over_their_lines_warn_overall_first_then_per_chain() -> Non
     noisy = MailHealth(3, "Noisy", 50, 0, 1)
     overall = MailHealth(None, "All chains", 170, 5, 1)
     warnings = rate_warnings([quiet, bouncy, noisy], overall, bounce_warn=0.05, complaint_warn=0.003)
-    assert [(w.kind, w.subject) for w in warnings] == [
-        ("complaint_rate", "All chains"), ("bounce_rate", "Bouncy"), ("complaint_rate", "Noisy")]
-    assert "5.0%" in warnings[1].text and "(1 of 20 letters)" in warnings[1].text
-    assert warnings[1].links == (("Results", "/desk/chains/2"), ("Pause or fix the chain", "/admin/#/chain/2/"))
-    assert warnings[0].links[0] == ("Suppressed addresses", "/admin/#/suppression/")
+    # Noisy has the only complaint: one warning about it, not a second one about all chains.
+    assert [(w.kind, w.subject) for w in warnings] == [("bounce_rate", "Bouncy"), ("complaint_rate", "Noisy")]
+    assert warnings[1].text.endswith("This chain has every complaint over all chains (0.6% of 165 letters delivered).")
+    assert warnings[0].links == (("Results", "/desk/chains/2"), ("Pause or fix the chain", "/admin/#/chain/2/"))
+    assert "5.0%" in warnings[0].text and "(1 of 20 letters)" in warnings[0].text
     assert rate_warnings([quiet, bouncy, noisy], overall, bounce_warn=0.06, complaint_warn=0.05) == []
+
+
+def test_the_overall_rate_warns_apart_when_no_single_chain_accounts_for_it() -> None:
+    noisy = MailHealth(3, "Noisy", 50, 0, 1)
+    other = MailHealth(4, "Other", 50, 0, 1)
+    # Two chains, a complaint each: both chains and the overall line.
+    warnings = rate_warnings([noisy, other], MailHealth(None, "All chains", 100, 0, 2), 0.05, 0.003)
+    assert [(w.kind, w.subject) for w in warnings] == [
+        ("complaint_rate", "All chains"), ("complaint_rate", "Noisy"), ("complaint_rate", "Other")]
+    # A complaint no chain letter explains (an address suppressed by hand): the overall line says more.
+    warnings = rate_warnings([noisy], MailHealth(None, "All chains", 50, 0, 2), 0.05, 0.003)
+    assert [w.subject for w in warnings] == ["All chains", "Noisy"]
+    assert "every complaint" not in warnings[1].text
+    # One chain with every bounce: one warning, naming the chain.
+    bouncy = MailHealth(2, "Bouncy", 20, 3, 0)
+    warnings = rate_warnings([bouncy, MailHealth(5, "Quiet", 80, 0, 0)], MailHealth(None, "All chains", 100, 3, 0),
+                             0.02, 0.003)
+    assert [(w.kind, w.subject) for w in warnings] == [("bounce_rate", "Bouncy")]
+    assert "(3 of 20 letters)" in warnings[0].text and "every bounce over all chains (3.0% of 100 letters)" in warnings[0].text
 
 
 def test_a_complaint_without_a_delivered_letter_in_the_window_still_warns() -> None:
@@ -244,8 +268,43 @@ def test_no_difference_and_no_data_say_so() -> None:
 
 
 def test_rates_are_written_as_the_pages_write_them() -> None:
-    assert [format_rate(v) for v in (None, 0.0, 0.0004, 0.003, 0.05, 0.1, 0.333)] == ["–", "0.0%", "<0.1%", "0.3%", "5.0%",
-                                                                                       "10%", "33%"]
+    # Two significant figures: one decimal below 10%, none from 10% up; zero is 0%, never 0.0%.
+    assert [format_rate(v) for v in (None, 0.0, 0.0004, 0.003, 0.05, 0.091, 0.0996, 0.1, 0.173, 0.333, 1.0)] == [
+        "–", "0%", "<0.1%", "0.3%", "5.0%", "9.1%", "10%", "10%", "17%", "33%", "100%"]
+
+
+def test_quiet_weeks_in_a_row_are_one_line_of_the_cohort_table() -> None:
+    mondays = cohort_weeks(date(2026, 11, 25), weeks=6)
+    rows = [{"week": mondays[0].isoformat(), "source": "google", "leads": 1},
+            {"week": mondays[4].isoformat(), "source": "landing", "leads": 2}]
+    runs = cohort_runs(build_cohorts(rows, mondays))
+    assert [type(run) for run in runs] == [CohortWeek, QuietWeeks, CohortWeek, QuietWeeks]
+    assert runs[1] == QuietWeeks(newest=mondays[1], oldest=mondays[3]) and runs[1].weeks == 3
+    assert runs[3] == QuietWeeks(mondays[5], mondays[5]) and runs[3].weeks == 1
+    assert runs[2].week == mondays[4]
+    assert cohort_runs([]) == []
+
+
+# --- subjects -------------------------------------------------------------------------------------
+
+
+def test_a_subject_is_shown_rendered_for_the_chains_topic_and_the_sample_lead(environment) -> None:
+    from landing.tables import Topic
+
+    context = sample_context(Topic(name="Analytics", slug="analytics"), None)
+    line = render_subject("Your ebook: {{ topic.name }} starts here", context, "step 1")
+    assert (line.text, line.rendered, line.raw) == ("Your ebook: Analytics starts here", True,
+                                                    "Your ebook: {{ topic.name }} starts here")
+    assert render_subject("{{ lead.first_name | default('there') }}, a tip", context, "step 2").text == "Alex, a tip"
+
+
+def test_a_subject_that_does_not_render_is_shown_as_written_with_the_error(environment) -> None:
+    context = sample_context(None, None)
+    broken = render_subject("Hi {{ lead.nickname }}", context, "step 3")
+    assert broken.text == "Hi {{ lead.nickname }}" and not broken.rendered
+    assert broken.error.startswith("step 3 subject") and "nickname" in broken.error
+    unclosed = render_subject("Hi {{ topic.name", context, "step 4")
+    assert unclosed.text == "Hi {{ topic.name" and unclosed.error
 
 
 # --- the thresholds' settings ----------------------------------------------------------------------

@@ -50,11 +50,13 @@ def test_lift_and_significance_match_a_textbook_calculation(visits, segment) -> 
     chi2, p_value, _, _ = stats.chi2_contingency([[v1, n1 - v1], [v0, n0 - v0]], correction=False)
     assert result.z ** 2 == pytest.approx(chi2, rel=1e-9)
     assert result.p_value == pytest.approx(p_value, rel=1e-6, abs=1e-300)
-    # The Wald interval of the difference, from its definition.
+    # Newcombe's hybrid score interval of the difference, from its definition (Newcombe 1998, method
+    # 10) on scipy's Wilson intervals of each rate.
     p1, p0 = v1 / n1, v0 / n0
-    se = math.sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0)
-    assert result.low == pytest.approx(p1 - p0 - stats.norm.ppf(0.975) * se)
-    assert result.high == pytest.approx(p1 - p0 + stats.norm.ppf(0.975) * se)
+    low1, high1 = stats.binomtest(v1, n1).proportion_ci(0.95, method="wilson")
+    low0, high0 = stats.binomtest(v0, n0).proportion_ci(0.95, method="wilson")
+    assert result.low == pytest.approx(p1 - p0 - math.hypot(p1 - low1, high0 - p0), rel=1e-9)
+    assert result.high == pytest.approx(p1 - p0 + math.hypot(high1 - p1, p0 - low0), rel=1e-9)
     assert result.relative_lift == pytest.approx((p1 - p0) / p0)
     assert result.significant and result.low > 0
 
@@ -73,3 +75,32 @@ def test_impossible_counts_are_refused() -> None:
     with pytest.raises(ValueError, match="11 conversions out of 10"):
         compare(11, 10, 1, 10)
     assert compare(0, 10, 0, 10).p_value == 1.0 and compare(3, 10, 0, 10).relative_lift is None
+
+
+# Newcombe (1998), "Interval estimation for the difference between independent proportions",
+# Statistics in Medicine 17:873-890, Table II, method 10, as statsmodels 0.14 computes them:
+# confint_proportions_2indep(count1, nobs1, count2, nobs2, method="newcomb", compare="diff").
+NEWCOMBE_TABLE_II = [
+    ((56, 70, 48, 80), (0.052431, 0.333873)),
+    ((9, 10, 3, 10), (0.170523, 0.809018)),
+    ((6, 7, 2, 7), (0.058228, 0.806250)),
+    ((5, 56, 0, 29), (-0.038137, 0.192560)),
+    ((0, 10, 0, 20), (-0.161125, 0.277533)),
+    ((10, 10, 0, 20), (0.679086, 1.0)),
+]
+
+
+@pytest.mark.parametrize(("counts", "interval"), NEWCOMBE_TABLE_II)
+def test_the_interval_of_the_difference_is_newcombes(counts, interval) -> None:
+    result = compare(*counts)
+    assert (result.low, result.high) == pytest.approx(interval, abs=1e-6)
+
+
+@pytest.mark.parametrize("counts", [(5, 5, 1, 5), (3, 3, 0, 3), (0, 4, 4, 4), (1, 1, 0, 1), (12, 12, 2, 10)])
+def test_the_interval_never_leaves_minus_to_plus_100_points(counts) -> None:
+    # 5 of 5 against 1 of 5: the Wald interval ran to +155 points, past anything a rate can differ by.
+    result = compare(*counts)
+    assert -1 <= result.low <= result.difference <= result.high <= 1
+    # statsmodels (newcomb) gives 0.192591 to 0.963776 for 5/5 against 1/5.
+    if counts == (5, 5, 1, 5):
+        assert (result.low, result.high) == pytest.approx((0.192591, 0.963776), abs=1e-6)
