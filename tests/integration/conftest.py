@@ -57,6 +57,12 @@ async def clean_state(database_pool: None) -> AsyncIterator[None]:
 
     forget_pages()
     forget_url_topics()
+    import shutil
+
+    from content.ebooks import rendered_dir
+
+    # Rendered PDFs are cached by content hash in DATA_DIR: one test's rendering must not be the next one's cache.
+    shutil.rmtree(rendered_dir(), ignore_errors=True)
     yield
 
 
