@@ -43,9 +43,10 @@ async def _clean_and_seed() -> None:
     await seed_demo(delay_minutes=0, historical_leads=0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def artifacts() -> Path:
-    """tests/e2e/artifacts/, emptied of the previous run's screenshots."""
+    """tests/e2e/artifacts/, emptied of the previous run's screenshots once per run (per module,
+    each browser module would delete the screenshots of the modules before it)."""
     ARTIFACTS.mkdir(exist_ok=True)
     for old in ARTIFACTS.glob("*.png"):
         old.unlink()
