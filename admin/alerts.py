@@ -22,7 +22,7 @@ import aiosmtplib
 from admin import webhooks
 from admin.tables import AlertStatus, HotAlert, WebhookDelivery, WebhookStatus
 from content.letters import RenderedLetter
-from content.mail import LETTER_POLICY, DeliveryUncertain, Relay, SmtpReplyError, address_of
+from content.mail import LETTER_POLICY, DeliveryUncertain, HandOver, Relay, SmtpReplyError, address_of
 from landing.tables import Event
 from scoring.service import BECAME_HOT
 from scoring.tables import Score
@@ -260,16 +260,11 @@ async def send_alert(alert_id: int, relay: Relay, now: datetime | None = None) -
         return await _failed(alert_id, alert["attempts"], f"not sent: {type(exc).__name__}: {exc}", now)
     await HotAlert.update({HotAlert.to_address: to_address[:254], HotAlert.subject: letter.subject[:300],
                            HotAlert.message_id: message_id}).where(HotAlert.id == alert_id)
-    handed_over = False
-
-    async def in_flight() -> None:
-        nonlocal handed_over
-        handed_over = True
-
+    in_flight = HandOver()
     try:
         reply = await relay.send(message, before_data=in_flight)
     except asyncio.CancelledError:
-        if handed_over:
+        if in_flight.done:
             await asyncio.shield(_finish(alert_id, AlertStatus.unknown, "cancelled while the relay had the letter"))
         else:
             await asyncio.shield(_finish(alert_id, AlertStatus.failed, "not sent: the job was cancelled", next_attempt_at=now))

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 from markupsafe import Markup, escape
 
+from content.experiments import format_p, format_rate
+
 if TYPE_CHECKING:
     from content.experiments import Comparison
 
@@ -175,15 +177,8 @@ def _decimals_for(values: Sequence[float]) -> int:
 
 
 def percent(value: float) -> str:
-    """A fraction as a percentage with two significant figures, as the desk pages write rates
-    (content.dashboard.format_rate): 0.042 -> 4.2%, 0.25 -> 25%, 0 -> 0%, 0.0004 -> <0.1%."""
-    share = 100 * value
-    if share == 0:
-        return "0%"
-    if 0 < share < 0.1:
-        return "<0.1%"
-    text = f"{share:.1f}%" if abs(round(share, 1)) < 10 else f"{share:.0f}%"
-    return text.replace("-", "−")
+    """A fraction as a percentage with two significant figures, as the desk pages write rates."""
+    return format_rate(value)
 
 
 def _percent(part: float, whole: float) -> str:
@@ -862,7 +857,6 @@ def lift_chart(result: Comparison, *, treatment: str = "Treatment", control: str
     """`comparison` for a content.experiments.Comparison: both rates, then the lift with its interval
     (labelled `difference_label`, "treatment − control" unless given), the p-value written as the
     verdicts write it."""
-    from content.experiments import format_p
 
     relative = f"relative lift {result.relative_lift:+.0%}; ".replace("-", "−") if result.relative_lift is not None else ""
     return comparison(

@@ -20,7 +20,7 @@ from markupsafe import Markup
 from admin import charts
 from admin.tables import ReportStatus, Role, StaffRole, WeeklyReport
 from content.dashboard import ChainSummary, Funnel, Period, chain_summaries, lead_funnel
-from content.mail import LETTER_POLICY, DeliveryUncertain, Relay, SmtpReplyError, address_of
+from content.mail import LETTER_POLICY, DeliveryUncertain, HandOver, Relay, SmtpReplyError, address_of
 from scoring.ranking import LeadFilter, RankedLead, ranked_leads
 from server.settings import get_settings
 
@@ -250,12 +250,7 @@ async def send_weekly_report(relay: Relay, now: datetime | None = None, early: b
     if not await _claim(key):
         return SendResult("already")
     await WeeklyReport.update({WeeklyReport.recipients: ", ".join(to)}).where(WeeklyReport.week_start == key)
-    handed_over = False
-
-    async def in_flight() -> None:
-        nonlocal handed_over
-        handed_over = True
-
+    in_flight = HandOver()
     try:
         reply = await relay.send(message, before_data=in_flight)
     except DeliveryUncertain as exc:
@@ -265,7 +260,7 @@ async def send_weekly_report(relay: Relay, now: datetime | None = None, early: b
         await _finish(key, ReportStatus.failed, f"relay: {exc}")
         return SendResult("failed", str(exc))
     except BaseException:
-        if handed_over:
+        if in_flight.done:
             await asyncio.shield(_finish(key, ReportStatus.sending, "cancelled while the relay had the letter: not resent"))
         else:
             await asyncio.shield(_finish(key, ReportStatus.failed, "cancelled before the relay had it: sent at the next run"))

@@ -10,7 +10,7 @@ from statistics import NormalDist
 
 from content.chains import instant
 from content.delivery import lead_context
-from content.experiments import Comparison, compare, format_p
+from content.experiments import Comparison, compare, format_p, format_rate
 from content.letters import LetterTemplateError, render_letter
 from content.results import SAMPLE_LEAD
 from content.tables import (
@@ -586,21 +586,6 @@ class MailHealth:
 
 def _over(count: int, total: int, threshold: float) -> bool:
     return count > 0 and (total <= 0 or count / total >= threshold)
-
-
-def format_rate(value: float | None) -> str:
-    """A fraction as a percentage, as every desk page, chart and the PDF write one: two significant
-    figures (one decimal below 10%, none from 10% up), so 0.042 -> 4.2%, 0.25 -> 25%; exactly zero
-    is 0%, a trace <0.1%; None -> –. (admin.charts writes its percentages with the same rule.)"""
-    if value is None:
-        return "–"
-    share = 100 * value
-    if share == 0:
-        return "0%"
-    if 0 < share < 0.1:
-        return "<0.1%"
-    text = f"{share:.1f}%" if abs(round(share, 1)) < 10 else f"{share:.0f}%"
-    return text.replace("-", "−")
 
 
 def _sole_source(per_chain: Sequence[MailHealth], count: Callable[[MailHealth], int],

@@ -82,6 +82,21 @@ def compare(treated_conversions: int, treated: int, control_conversions: int, co
     )
 
 
+def format_rate(value: float | None) -> str:
+    """A fraction as a percentage, as every desk page, chart and the PDF write one: two significant
+    figures (one decimal below 10%, none from 10% up), so 0.042 -> 4.2%, 0.25 -> 25%; exactly zero
+    is 0%, a trace <0.1%; None -> –."""
+    if value is None:
+        return "–"
+    share = 100 * value
+    if share == 0:
+        return "0%"
+    if 0 < share < 0.1:
+        return "<0.1%"
+    text = f"{share:.1f}%" if abs(round(share, 1)) < 10 else f"{share:.0f}%"
+    return text.replace("-", "−")
+
+
 def format_p(p_value: float) -> str:
     """p < 0.001, p = 0.012, p = 0.31: three decimals near the usual lines, two above them. Every
     page, verdict and chart writes a p-value with this, so one test never shows two precisions."""

@@ -163,6 +163,17 @@ class SmtpReplyError(Exception):
         return self.stage == "data" and (status.startswith("5.1.") or status == "5.2.1")
 
 
+class HandOver:
+    """A relay.send `before_data` callback that remembers whether the relay was handed the letter:
+    a send cancelled before that certainly did not go; after it, it may have."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    async def __call__(self) -> None:
+        self.done = True
+
+
 class DeliveryUncertain(Exception):
     """The letter's data went out but no reply came back: the relay may have accepted it.
 

@@ -13,7 +13,7 @@ from typing import Any
 import aiosmtplib
 
 from content.letters import RenderedLetter
-from content.mail import DeliveryUncertain, Envelope, Relay, SmtpReplyError, address_of, build_message
+from content.mail import DeliveryUncertain, Envelope, HandOver, Relay, SmtpReplyError, address_of, build_message
 from content.tables import Notice, NoticeKind, NoticeStatus, Suppression, SuppressionReason
 from landing.tables import Lead
 from landing.tokens import preferences_url, public_link, sign, unsubscribe_url
@@ -155,18 +155,13 @@ async def send_notice(notice_id: int, relay: Relay, now: datetime | None = None)
         ).where(Notice.id == notice.id)
     except Exception as exc:
         return await _failed(notice, f"not sent: {type(exc).__name__}: {exc}", now)
-    handed_over = False
-
-    async def in_flight() -> None:
-        nonlocal handed_over
-        handed_over = True
-
+    in_flight = HandOver()
     try:
         reply = await relay.send(message, before_data=in_flight)
     except asyncio.CancelledError:
         # Cancelled while waiting for a connection or a send-rate slot: certainly not sent,
         # so retried at once; cancelled during the letter's data: maybe sent, reported.
-        if handed_over:
+        if in_flight.done:
             await asyncio.shield(_finish(notice.id, NoticeStatus.unknown, "cancelled while the relay had the letter"))
         else:
             await asyncio.shield(_finish(notice.id, NoticeStatus.failed, "not sent: the job was cancelled",
